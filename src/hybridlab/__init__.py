@@ -1,0 +1,2 @@
+"""hybridlab: a replication pipeline for hybrid efficient-attention language models."""
+__version__ = "0.1.0"
