@@ -1,0 +1,27 @@
+# hybridlab: the replication pipeline of "Rethinking the Role of Efficient Attention in Hybrid Architectures".
+# Stages (one file each under workflow/rules/): data -> train -> evaluate / analyze -> tables -> figures + report.
+# Default target: the report of the configured scale (smoke unless --config scale=...).
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{PAPER}/report.md",

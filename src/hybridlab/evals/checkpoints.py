@@ -1,0 +1,41 @@
+"""Loading a run's trajectory checkpoints (weights only) into a model, in token order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hybridlab.io import CorruptFileError
+from hybridlab.models import HybridLM, build_model
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    paths = sorted((Path(run_dir) / "ckpt").glob("tokens_*.pt"))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir}/ckpt: no checkpoints; run the train stage first")
+    return paths
+
+
+def load_checkpoint(path: str | Path, model: HybridLM) -> dict:
+    """Load weights into `model` (weights_only: no code from the file runs); return step and tokens."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["model"])
+    except (RuntimeError, KeyError, EOFError, ValueError) as e:
+        raise CorruptFileError(path, f"unreadable checkpoint ({type(e).__name__}: {e})") from None
+    return {"step": int(blob["step"]), "tokens": int(blob["tokens"])}
+
+
+def iter_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.device):
+    """Yield (model, info) for each trajectory checkpoint, oldest first, on `device` in eval mode."""
+    model = build_model(cfg, vocab_size)
+    for path in list_checkpoints(run_dir):
+        info = load_checkpoint(path, model)
+        yield model.to(device).eval(), info
+
+
+def pick_device(cfg) -> torch.device:
+    if torch.cuda.is_available() and cfg.scale.accelerator != "cpu":
+        return torch.device("cuda")
+    return torch.device("cpu")

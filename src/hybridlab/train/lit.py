@@ -1,0 +1,191 @@
+"""Lightning pieces: the LightningModule around HybridLM, the step-indexed data stream, and the callbacks
+that write trajectory checkpoints, the resumable `last.ckpt` and the metrics table.
+
+The data order is a pure function of (seed, global step): on resume the stream restarts exactly at the
+restored step, so an interrupted run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hybridlab.io import atomic_path
+from hybridlab.models import HybridLM
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # the GPU image ships the standalone package
+    import pytorch_lightning as pl
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TokenDataset(Dataset):
+    def __init__(self, tokens: np.ndarray):
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.tokens[i], dtype=np.int64))
+
+
+class StepSampler(Sampler[list[int]]):
+    """Yields this rank's micro-batches for global steps [start, total): global step s takes sequences
+    perm_e[(s*B) mod N ...] of the epoch-e permutation, split across ranks and then into micro-batches."""
+
+    def __init__(self, n_seqs: int, batch: int, micro: int, seed: int, total_steps: int, start_fn,
+                 rank: int = 0, world: int = 1):
+        self.n, self.batch, self.micro, self.seed, self.total = n_seqs, batch, micro, seed, total_steps
+        self.start_fn, self.rank, self.world = start_fn, rank, world
+        if batch % (micro * world):
+            raise ValueError(f"train.batch_size={batch} must be a multiple of micro_batch_size*devices "
+                             f"({micro}*{world})")
+
+    def global_batch(self, step: int) -> np.ndarray:
+        idx = np.arange(step * self.batch, (step + 1) * self.batch)
+        epochs, pos = idx // self.n, idx % self.n
+        return np.array([np.random.default_rng([self.seed, int(e)]).permutation(self.n)[p]
+                         for e, p in zip(epochs, pos, strict=True)])
+
+    def __iter__(self):
+        per_rank = self.batch // self.world
+        for step in range(self.start_fn(), self.total):
+            mine = self.global_batch(step)[self.rank * per_rank:(self.rank + 1) * per_rank]
+            for j in range(0, per_rank, self.micro):
+                yield mine[j:j + self.micro].tolist()
+
+    def __len__(self) -> int:
+        return (self.total - self.start_fn()) * (self.batch // self.world // self.micro)
+
+
+def lr_multiplier(step: int, cfg) -> float:
+    """Warmup then cosine (or warmup-stable-decay) multiplier of the base learning rate."""
+    from hybridlab.train.schedule import warmup_cosine, wsd
+
+    t = cfg.train
+    if t.schedule == "wsd":
+        decay = max(1, int(round(t.steps * t.get("decay_frac", 0.2))))
+        return wsd(step, t.steps - decay, decay, t.warmup_steps, t.final_lr_ratio)
+    return warmup_cosine(step, t.steps, t.warmup_steps, t.final_lr_ratio)
+
+
+class LitLM(pl.LightningModule):
+    def __init__(self, model: HybridLM, cfg):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}; the last good checkpoint is kept "
+                "(lower train.lr or enable train.grad_clip)")
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        if t.optimizer == "muon":
+            from hybridlab.train.muon import build_optimizers
+
+            opt = build_optimizers(self.model, lr=t.lr, muon_lr=t.muon_lr, weight_decay=t.weight_decay,
+                                   betas=tuple(t.betas))
+        else:
+            opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                    betas=tuple(t.betas))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, self.cfg))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class TrainData(pl.LightningDataModule):
+    def __init__(self, tokens: np.ndarray, cfg, seed: int):
+        super().__init__()
+        self.tokens, self.cfg, self.seed = tokens, cfg, seed
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.cfg.train
+        trainer = self.trainer
+        sampler = StepSampler(len(self.tokens), t.batch_size, t.micro_batch_size, self.seed, t.steps,
+                              lambda: trainer.global_step, trainer.global_rank, trainer.world_size)
+        return DataLoader(TokenDataset(self.tokens), batch_sampler=sampler, num_workers=t.num_workers,
+                          pin_memory=torch.cuda.is_available())
+
+
+class RunRecorder(pl.Callback):
+    """Trajectory checkpoints (weights only, named by tokens seen), `last.ckpt` for resume, metrics rows.
+
+    Its state (the metrics rows) travels inside `last.ckpt`, so a resumed run's table is complete."""
+
+    def __init__(self, run_dir: Path, ckpt_steps: list[int], tokens_per_step: int, flops_per_step: float,
+                 peak_flops: float | None, log_every: int, last_every: int):
+        self.run_dir, self.ckpt_steps = Path(run_dir), set(ckpt_steps)
+        self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak_flops
+        self.log_every, self.last_every = log_every, last_every
+        self.rows: list[dict] = []
+        self._t0 = time.perf_counter()
+        self._last_step_logged = 0
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0, self._last_step_logged = time.perf_counter(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_step_logged:
+            return  # still accumulating gradients
+        if step % self.log_every == 0 or step in self.ckpt_steps:
+            self._log_row(trainer, pl_module, outputs, step)
+        if trainer.is_global_zero and step in self.ckpt_steps:
+            save_weights(pl_module.model, self.run_dir / "ckpt", step, step * self.tokens_per_step)
+        if step % self.last_every == 0 or step == trainer.max_steps:
+            save_last(trainer, self.run_dir)
+
+    def _log_row(self, trainer, pl_module, outputs, step: int) -> None:
+        dt = time.perf_counter() - self._t0
+        n = step - self._last_step_logged
+        tok_s = n * self.tokens_per_step / dt if dt > 0 else float("nan")
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        row = {"step": step, "tokens": step * self.tokens_per_step, "loss": float(loss),
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "tokens_per_s": tok_s,
+               "mfu": (n * self.flops_per_step / dt / self.peak) if self.peak and dt > 0 else float("nan"),
+               "peak_mem_gb": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else 0.0}
+        self.rows.append(row)
+        pl_module.log("tok/s", tok_s, prog_bar=True, on_step=True, on_epoch=False)
+        self._t0, self._last_step_logged = time.perf_counter(), step
+
+
+def ckpt_name(tokens: int) -> str:
+    return f"tokens_{tokens:012d}.pt"
+
+
+def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
+    """A trajectory checkpoint: plain tensors only, loadable with torch.load(weights_only=True)."""
+    path = folder / ckpt_name(tokens)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"model": state, "step": step, "tokens": tokens}, tmp)
+    return path
+
+
+def save_last(trainer, run_dir: Path) -> None:
+    path = Path(run_dir) / "last.ckpt"
+    if trainer.is_global_zero:
+        with atomic_path(path) as tmp:
+            trainer.save_checkpoint(tmp)
+    trainer.strategy.barrier()
+

@@ -1,0 +1,113 @@
+"""The training stage: one (scale, variant, seed) run from prepared shards to a run folder.
+
+Run folder layout:
+  ckpt/tokens_{N:012d}.pt   trajectory checkpoints (weights only), log-spaced in steps, named by tokens seen
+  last.ckpt                 full Lightning state for resume (model, optimizer, scheduler, step, metrics rows)
+  metrics.csv               step, tokens, loss, lr, tokens_per_s, mfu, peak_mem_gb
+  provenance.json           resolved config, git commit, package versions, seed, device
+  train_done.json           written last: the run is complete
+Re-running on a folder with `last.ckpt` resumes; on a folder with `train_done.json` it does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from hybridlab.data.shards import load_split, read_manifest
+from hybridlab.io import read_json, write_json, write_table
+from hybridlab.models import build_model
+from hybridlab.train.lit import LitLM, RunRecorder, TrainData, pl
+from hybridlab.train.schedule import log_spaced_checkpoints
+
+log = logging.getLogger("hybridlab")
+METRICS_COLUMNS = ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb")
+# Dense bf16 tensor-core peak by device name, for MFU (datasheet numbers; CPU has none).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def provenance(cfg: DictConfig) -> dict:
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__}
+    return {"config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
+            "versions": versions, "seed": int(cfg.seed), "host": platform.node(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"}
+
+
+def checkpoint_steps(cfg: DictConfig) -> list[int]:
+    return log_spaced_checkpoints(int(cfg.train.steps), int(cfg.train.n_checkpoints),
+                            first=max(1, int(cfg.train.steps) // 50))
+
+
+def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    done = run_dir / "train_done.json"
+    if done.exists():
+        log.info("%s: already trained", run_dir)
+        return read_json(done)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(data_dir)
+    if manifest["context"] != cfg.scale.context:
+        raise ValueError(f"{data_dir}: prepared for context {manifest['context']}, run wants {cfg.scale.context}")
+    tokens, _ = load_split(data_dir, "train")
+    torch.manual_seed(int(cfg.seed))
+    model = build_model(cfg, manifest["vocab_size"])
+    t = cfg.train
+    on_gpu = torch.cuda.is_available() and cfg.scale.accelerator != "cpu"
+    devices = int(t.get("devices", 1)) if on_gpu else 1
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    seq_len = int(cfg.scale.context) - 1
+    tokens_per_step = int(t.batch_size) * int(cfg.scale.context)
+    recorder = RunRecorder(run_dir, checkpoint_steps(cfg), tokens_per_step,
+                           3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
+                           int(t.log_every), int(t.get("last_every", max(1, int(t.steps) // 10))))
+    lit = LitLM(torch.compile(model) if t.compile else model, cfg)
+    lit.model = model  # checkpoints and analyses use the plain module
+    write_json(run_dir / "provenance.json", provenance(cfg))
+    trainer = pl.Trainer(
+        max_steps=int(t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
+        precision=precision, gradient_clip_val=float(t.grad_clip) or None,
+        accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices),
+        logger=False, enable_checkpointing=False, callbacks=[recorder], use_distributed_sampler=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        enable_progress_bar=os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0",
+    )
+    last = run_dir / "last.ckpt"
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch.*")
+        trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
+                    ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    metrics = pd.DataFrame(recorder.rows, columns=list(METRICS_COLUMNS))
+    write_table(run_dir / "metrics.csv", metrics)
+    summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * tokens_per_step,
+               "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
+               "wall_s_last_session": time.perf_counter() - started,
+               "non_embedding_params": model.non_embedding_params(),
+               "checkpoints": sorted(p.name for p in (run_dir / "ckpt").glob("tokens_*.pt"))}
+    write_json(done, summary)
+    return summary

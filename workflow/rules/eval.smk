@@ -1,0 +1,25 @@
+# Stage 3: validation loss, exact LongPPL and NIAH accuracy by length for every checkpoint of a run.
+
+
+rule evaluate:
+    input:
+        manifest=rules.prepare_data.output.manifest,
+        done=rules.train.output.done,
+    output:
+        f"{RUN}/eval.csv",
+    params:
+        common=COMMON,
+        wrap=GPU_WRAP,
+        data=lambda wc, input: os.path.dirname(input.manifest),
+        run=lambda wc, input: os.path.dirname(input.done),
+    log:
+        f"{RES}/logs/evaluate_{{variant}}_seed{{seed}}.log",
+    conda:
+        "../../envs/hybridlab.yaml"
+    threads: 1
+    resources:
+        gpu=1 if ON_GPU else 0,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab evaluate --variant {wildcards.variant} "
+        "--seed {wildcards.seed} --data {params.data} --run {params.run} --out {output} {params.common} "
+        "> {log} 2>&1"
