@@ -21,7 +21,7 @@ PAPER = f"{config['paper_dir']}/{SCALE}"
 COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in config["overrides"])])
 ON_GPU = PLAN.get("accelerator", "cpu") != "cpu"
 # On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs (see the script).
-GPU_WRAP = "python workflow/scripts/gpu_lock.py --" if ON_GPU else ""
+GPU_WRAP = f"python {workflow.basedir}/workflow/scripts/gpu_lock.py --" if ON_GPU else ""
 RUN = f"{RES}/runs/{{variant}}/seed{{seed}}"
 
 

@@ -83,12 +83,12 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     tokens_per_step = int(t.batch_size) * int(cfg.scale.context)
     recorder = RunRecorder(run_dir, checkpoint_steps(cfg), tokens_per_step,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
-                           int(t.log_every), int(t.get("last_every", max(1, int(t.steps) // 10))))
+                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)))
     lit = LitLM(torch.compile(model) if t.compile else model, cfg)
     lit.model = model  # checkpoints and analyses use the plain module
     write_json(run_dir / "provenance.json", provenance(cfg))
     trainer = pl.Trainer(
-        max_steps=int(t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
+        max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
         precision=precision, gradient_clip_val=float(t.grad_clip) or None,
         accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices),
         logger=False, enable_checkpointing=False, callbacks=[recorder], use_distributed_sampler=False,
@@ -103,6 +103,9 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
         trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
                     ckpt_path=str(last) if last.exists() else None, weights_only=True)
     metrics = pd.DataFrame(recorder.rows, columns=list(METRICS_COLUMNS))
+    if trainer.global_step < int(t.steps):
+        log.info("%s: stopped at step %d of %d; re-run to resume", run_dir, trainer.global_step, int(t.steps))
+        return {"steps": int(trainer.global_step), "finished": False}
     write_table(run_dir / "metrics.csv", metrics)
     summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * tokens_per_step,
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),

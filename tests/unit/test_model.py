@@ -1,0 +1,69 @@
+"""The hybrid LM: shapes, causality, incremental decoding equals the full forward, receptive constraint."""
+
+import pytest
+import torch
+
+from hybridlab.models import Receptive, build_model
+
+VOCAB = 101
+
+
+@pytest.fixture(params=["full", "swa128", "swa2048", "swa128_nope"])
+def model(request, smoke_cfg):
+    torch.manual_seed(0)
+    return build_model(smoke_cfg(request.param), VOCAB).eval()
+
+
+def test_forward_shape_and_causality(model):
+    x = torch.randint(0, VOCAB, (2, 40))
+    y = model(x)
+    assert y.shape == (2, 40, VOCAB)
+    x2 = x.clone()
+    x2[:, 30] = (x2[:, 30] + 1) % VOCAB
+    torch.testing.assert_close(model(x2)[:, :30], y[:, :30])
+
+
+def test_incremental_decoding_matches_full_forward(model):
+    x = torch.randint(0, VOCAB, (2, 48))
+    full = model(x)
+    cache = model.new_cache()
+    pieces = [model(x[:, :7], cache=cache)]
+    for t in range(7, 48):
+        pieces.append(model(x[:, t:t + 1], cache=cache, pos_offset=t))
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_receptive_constraint_at_full_length_is_identity(model):
+    x = torch.randint(0, VOCAB, (1, 32))
+    torch.testing.assert_close(model(x, receptive=Receptive(full=32, efficient=32)), model(x))
+
+
+def test_receptive_constraint_limits_full_layers(smoke_cfg):
+    torch.manual_seed(0)
+    m = build_model(smoke_cfg("full"), VOCAB).eval()
+    x = torch.randint(0, VOCAB, (1, 40))
+    x2 = x.clone()
+    x2[0, 0] = (x2[0, 0] + 1) % VOCAB
+    r = Receptive(full=8)
+    # With every layer limited to 8 tokens, the last output (4 layers deep: 4*7 < 39) cannot see token 0.
+    torch.testing.assert_close(m(x2, receptive=r)[:, -1], m(x, receptive=r)[:, -1])
+    assert not torch.allclose(m(x2)[:, -1], m(x)[:, -1])
+
+
+def test_generate_is_greedy(model):
+    x = torch.randint(0, VOCAB, (1, 10))
+    out = model.generate(x, 5)
+    seq = x
+    for i in range(5):
+        nxt = model(seq)[:, -1].argmax(-1)
+        assert int(nxt) == int(out[0, i])
+        seq = torch.cat([seq, nxt[:, None]], 1)
+
+
+def test_flops_exceed_six_n_approximation_only_through_attention(smoke_cfg):
+    m = build_model(smoke_cfg("full"), VOCAB)
+    t = 64
+    matmul = 2 * t * (m.non_embedding_params() - sum(p.numel() for n, p in m.named_parameters() if "norm" in n))
+    head = 2 * t * m.shape.d_model * VOCAB
+    attn = 4 * m.shape.head_dim * m.shape.n_heads * (t * (t + 1) // 2) * m.shape.n_layers
+    assert m.flops_per_sequence(t) == matmul + head + attn
