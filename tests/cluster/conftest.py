@@ -1,0 +1,107 @@
+"""A one-node SLURM cluster on localhost for the slurm tests, and a slurm profile sized for a CI runner.
+
+The session fixture installs SLURM itself (CI machines are fresh), starts the daemons with
+workflow/scripts/slurm_local.sh and always stops them afterwards. It skips only when that script skips:
+not root, no apt-get, packages not installable, or a real cluster's slurm.conf on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SLURM_LOCAL = REPO / "workflow" / "scripts" / "slurm_local.sh"
+SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+# Lines of every slurm run in this session, for the lead to quote; not committed (see .gitignore here).
+LOG_EXCERPT = Path(__file__).resolve().parent / "last_slurm_log.txt"
+SKIP_CODE = 77
+
+# Each job asks for one CPU (one thread; the runner has two) and little memory. The rules' GPU requests
+# stay: the local cluster advertises stand-in GPUs on a CPU-only runner.
+RUNNER_SIZE = {"mem_mb": 1000, "runtime": 30}
+
+SLURM_LINE = re.compile(
+    r"SLURM run ID|SLURM jobid|submitted with SLURM|Finished job|Finished jobid|steps \(\d+%\) done"
+    r"|Complete log|Error|error|failed",
+)
+
+
+def _slurm_local(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SLURM_LOCAL), command], env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (apt-get, slurmctld, slurmd)")
+    env = dict(os.environ, HYBRIDLAB_SLURM_SKIP_CODE=str(SKIP_CODE))
+    if shutil.which("nvidia-smi") is None:
+        env.setdefault("HYBRIDLAB_SLURM_GPUS", "2")
+    installed = _slurm_local("install", env)
+    if installed.returncode == SKIP_CODE:
+        pytest.skip(installed.stdout.strip().splitlines()[-1])
+    assert installed.returncode == 0, f"slurm_local.sh install failed:\n{installed.stdout}{installed.stderr}"
+    LOG_EXCERPT.write_text("")
+    try:
+        started = _slurm_local("start", env)
+        if started.returncode == SKIP_CODE:
+            pytest.skip(started.stdout.strip().splitlines()[-1])
+        assert started.returncode == 0, f"slurm_local.sh start failed:\n{started.stdout}{started.stderr}"
+        yield
+    finally:
+        stopped = _slurm_local("stop", env)
+        print(stopped.stdout, stopped.stderr, file=sys.stderr)
+
+
+@pytest.fixture
+def slurm_profile(tmp_path: Path) -> Path:
+    """The shipped slurm profile with every job sized for the runner and fast first status polls."""
+    dest, slurm_logdir = tmp_path / "slurm-profile", tmp_path / "slurm-logs"
+    profile = yaml.safe_load(SLURM_PROFILE.read_text())
+    profile["default-resources"].update(RUNNER_SIZE)
+    for resources in profile["set-resources"].values():
+        resources.update(RUNNER_SIZE)
+    profile["set-threads"] = dict.fromkeys(profile["set-threads"], 1)
+    profile["slurm-init-seconds-before-status-checks"] = 2
+    profile["slurm-logdir"] = str(slurm_logdir)
+    profile["retries"] = 0
+    profile["latency-wait"] = 5
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def run_snakemake() -> Callable[..., str]:
+    """Runs Snakemake; appends its SLURM submission and completion lines to LOG_EXCERPT; returns its log."""
+    return _run_snakemake
+
+
+def _run_snakemake(args: list[str], cwd: Path, label: str, timeout_s: int = 1800) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    # The rules call the `hybridlab` CLI of this interpreter's environment.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    log = result.stdout + result.stderr
+    excerpt = [line for line in log.splitlines() if SLURM_LINE.search(line)]
+    with LOG_EXCERPT.open("a") as out:
+        out.write(f"===== {label}: snakemake {' '.join(args)}\n")
+        out.write("\n".join(excerpt) + f"\n===== exit status {result.returncode}\n\n")
+    assert result.returncode == 0, f"snakemake failed ({label}):\n{log[-8000:]}"
+    return log
