@@ -4,8 +4,13 @@
     hybridlab prepare-data --scale S --out DATA_DIR [hydra overrides...]
     hybridlab train        --scale S --variant V --seed N --data DATA_DIR --out RUN_DIR [overrides...]
     hybridlab evaluate     --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out eval.csv
+    hybridlab receptive    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out receptive.csv
     hybridlab analyze      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out heads.csv
-    hybridlab aggregate    --kind {eval,heads,train} --out TABLE.csv INPUTS...
+                           [--trajectory trajectory.csv] [--onset onset.csv] [--masking masking.csv]
+    hybridlab probe        --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out probe.csv
+    hybridlab gradinf      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out gradinf.csv
+    hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
+    hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--metric M] [--forms F,F] [--alpha-bounds L,H]
     hybridlab figures      --scale S --tables TABLE_DIR --out PAPER_DIR
 
 User errors (a bad config value, a missing or corrupt file) print one line naming the problem and exit 2.
@@ -19,9 +24,12 @@ import logging
 import sys
 from pathlib import Path
 
+from hybridlab.analysis.schemas import TABLES
+
 
 def _run_args(p: argparse.ArgumentParser, run: bool = True) -> None:
     p.add_argument("--scale", default="smoke")
+    p.add_argument("--size", default=None, help="model size (conf/model/); default: the scale's")
     if run:
         p.add_argument("--variant", required=True)
         p.add_argument("--seed", type=int, default=0)
@@ -31,7 +39,7 @@ def _run_args(p: argparse.ArgumentParser, run: bool = True) -> None:
 def _cfg(a):
     from hybridlab.config import load_config
 
-    return load_config(a.scale, getattr(a, "variant", "full"), getattr(a, "seed", 0), a.overrides)
+    return load_config(a.scale, getattr(a, "variant", "full"), getattr(a, "seed", 0), a.overrides, a.size)
 
 
 def cmd_list(a) -> None:
@@ -54,11 +62,12 @@ def cmd_train(a) -> None:
     print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
 
-def _write(a, df) -> None:
+def _write(a, df, path: str | None = None) -> None:
     from hybridlab.io import write_table
 
-    write_table(a.out, df)
-    print(f"{len(df)} rows -> {a.out}")
+    path = path or a.out
+    write_table(path, df)
+    print(f"{len(df)} rows -> {path}")
 
 
 def cmd_evaluate(a) -> None:
@@ -67,15 +76,70 @@ def cmd_evaluate(a) -> None:
     _write(a, evaluate_run(_cfg(a), a.data, a.run))
 
 
+def cmd_receptive(a) -> None:
+    from hybridlab.analysis.receptive import receptive_run
+
+    _write(a, receptive_run(_cfg(a), a.data, a.run))
+
+
 def cmd_analyze(a) -> None:
-    from hybridlab.analysis.retrieval import analyze_run
+    from hybridlab.analysis.analyze import analyze_run
 
-    _write(a, analyze_run(_cfg(a), a.data, a.run))
+    tables = analyze_run(_cfg(a), a.data, a.run)
+    _write(a, tables["heads"])
+    for kind in ANALYZE_EXTRA:
+        if getattr(a, kind):
+            _write(a, tables[kind], getattr(a, kind))
 
 
+def cmd_probe(a) -> None:
+    from hybridlab.analysis.probe import probe_run
+
+    _write(a, probe_run(_cfg(a), a.data, a.run))
+
+
+def cmd_gradinf(a) -> None:
+    from hybridlab.analysis.gradinf import gradinf_run
+
+    _write(a, gradinf_run(_cfg(a), a.data, a.run))
+
+
+def cmd_scaling_fit(a) -> None:
+    import pandas as pd
+
+    from hybridlab.analysis.scaling import fit_table
+    from hybridlab.analysis.scaling_input import load_scaling_input
+    from hybridlab.config import ConfigError
+
+    try:
+        bounds = None if a.alpha_bounds == "none" else tuple(float(x) for x in a.alpha_bounds.split(","))
+        if bounds is not None and len(bounds) != 2:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("--alpha-bounds", a.alpha_bounds, "'LOW,HIGH' (e.g. 0.2,0.3) or 'none'") from None
+    try:
+        table = pd.concat([load_scaling_input(p, metric=a.metric, length=a.length, scale=a.scale,
+                                              variant=a.variant, log_values=a.log_values) for p in a.table],
+                          ignore_index=True)
+        fit = fit_table(table, forms=tuple(a.forms.split(",")), alpha_bounds=bounds,
+                        holdout=None if a.holdout == "none" else a.holdout)
+    except ValueError as e:  # the table's content does not allow the fit: say why, like the other user errors
+        print(f"hybridlab scaling-fit: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _write(a, fit)
+
+
+ANALYZE_EXTRA = ("trajectory", "onset", "masking")  # tables `analyze` writes besides heads.csv, when asked
+# The per-run stage commands that read a data folder and a run folder and write one table (--out).
+RUN_STAGES = (
+    ("evaluate", cmd_evaluate, "evaluate every checkpoint of a run (eval.csv)"),
+    ("receptive", cmd_receptive, "losses with full or efficient layers limited to W tokens (receptive.csv)"),
+    ("analyze", cmd_analyze, "retrieval heads, trajectories, onset and head masking (heads.csv, ...)"),
+    ("probe", cmd_probe, "layer-wise logistic-regression probes on the residual stream (probe.csv)"),
+    ("gradinf", cmd_gradinf, "gradient influence G(d) by distance (gradinf.csv)"),
+)
 TABLE_COLUMNS = {
-    "eval": ("variant", "seed", "step", "tokens", "metric", "length", "value"),
-    "heads": ("variant", "seed", "step", "tokens", "layer", "head", "role", "metric", "length", "value"),
+    **TABLES,
     "train": ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb"),
 }
 
@@ -88,27 +152,49 @@ def cmd_aggregate(a) -> None:
     frames = []
     for path in a.inputs:
         df = read_table(path, TABLE_COLUMNS[a.kind])
-        if a.kind == "train":  # metrics.csv lives in runs/<variant>/seed<N>/
-            run = Path(path).parent
+        run = Path(path).parent  # per-run tables live in runs/<size>/<variant>/seed<N>/
+        if a.kind == "train":
             df.insert(0, "seed", int(run.name.removeprefix("seed")))
             df.insert(0, "variant", run.parent.name)
+        df.insert(0, "size", run.parent.parent.name)
         frames.append(df)
     _write(a, pd.concat(frames, ignore_index=True))
 
 
 def cmd_describe(a) -> None:
+    """The scale's plan, each variant's layout, and per (size, variant) the parameter count, FLOPs, steps and
+    an estimate of GPU-hours from the per-module FLOPs at the scale's assumed MFU."""
+    import torch
+
     from hybridlab.config import load_config, scale_plan
+    from hybridlab.data.synthetic import CorpusSpec
     from hybridlab.io import write_json
-    from hybridlab.models.layout import build_layout
+    from hybridlab.models import build_model
+    from hybridlab.train.run import resolve_budget
 
     plan = scale_plan(a.scale, a.overrides)
-    layouts = {}
-    for v in plan["variants"]:
-        cfg = load_config(a.scale, v, 0, a.overrides)
-        layouts[v] = [f"{s.kind}:{s.role}:" + ",".join("full" if w is None else str(w) for w in s.windows)
-                      for s in build_layout(cfg.variant, cfg.model, cfg.scale)]
-    write_json(a.out, {**plan, "layouts": layouts})
-    print(f"scale {a.scale} -> {a.out}")
+    layouts, runs = {}, []
+    for size in plan["sizes"]:
+        for v in plan["variants"]:
+            cfg = load_config(a.scale, v, 0, a.overrides, size)
+            vocab = CorpusSpec.from_config(cfg.data).vocab.size if cfg.data.source == "synthetic" else int(
+                cfg.data.vocab_size)
+            with torch.device("meta"):
+                model = build_model(cfg, vocab)
+            layouts[v] = [f"{s.kind}:{s.role}:" + ",".join("full" if w is None else str(w) for w in s.windows)
+                          for s in model.layout]
+            n = model.non_embedding_params()
+            cfg = resolve_budget(cfg, n)
+            t = cfg.train
+            flops = 3 * model.flops_per_sequence(int(cfg.scale.context)) * int(t.batch_size) * int(t.steps)
+            mfu, peak = plan.get("assumed_mfu", 0.35), plan.get("peak_tflops", 989) * 1e12
+            runs.append({"size": size, "variant": v, "non_embedding_params": n, "steps": int(t.steps),
+                         "tokens": int(t.steps) * int(t.batch_size) * int(cfg.scale.context),
+                         "train_flops": flops, "gpu_hours": flops / (mfu * peak) / 3600 * len(plan["seeds"])})
+    write_json(a.out, {**plan, "layouts": layouts, "runs": runs})
+    total = sum(r["gpu_hours"] for r in runs)
+    print(f"scale {a.scale}: {len(runs) * len(plan['seeds'])} training runs, about {total:,.1f} GPU-hours "
+          f"at {plan.get('assumed_mfu', 0.35):.0%} MFU -> {a.out}")
 
 
 def cmd_figures(a) -> None:
@@ -129,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, run=False)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_prepare)
-    for name, fn, help_ in (("train", cmd_train, "train one run"),
-                            ("evaluate", cmd_evaluate, "evaluate every checkpoint of a run"),
-                            ("analyze", cmd_analyze, "retrieval-head scores of every checkpoint")):
+    for name, fn, help_ in (("train", cmd_train, "train one run"), *RUN_STAGES):
         p = sub.add_parser(name, help=help_)
         _run_args(p)
         p.add_argument("--data", required=True)
@@ -140,7 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--run", required=True)
             p.add_argument("--out", required=True, help="output CSV")
+        if name == "analyze":
+            for kind in ANALYZE_EXTRA:
+                p.add_argument(f"--{kind}", help=f"also write the {kind} table here")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("scaling-fit", help="fit L(N, D) = B/N^alpha + C/D^beta [+ E] to scaling tables")
+    p.add_argument("--table", nargs="+", required=True,
+                   help="TSV/CSV of (size, N, D, loss), a tidy table with N, or the pipeline's eval.csv")
+    p.add_argument("--out", required=True, help="fit CSV: (variant, form, kind, name, value)")
+    p.add_argument("--metric", default="log_longppl", help="metric of tidy/eval tables (default log_longppl)")
+    p.add_argument("--length", type=int, help="eval tables: the length, when the metric has several")
+    p.add_argument("--scale", help="eval tables: their scale (default: from the path results/<scale>/...)")
+    p.add_argument("--variant", help="fit only this variant")
+    p.add_argument("--forms", default="no_constant,constant", help="comma-separated: no_constant, constant")
+    p.add_argument("--alpha-bounds", default="0.2,0.3", help="'LOW,HIGH' or 'none' (free alpha >= 0)")
+    p.add_argument("--holdout", choices=["largest", "none"], default="largest")
+    p.add_argument("--log-values", action="store_true", help="values are LongPPL: fit their log")
+    p.set_defaults(fn=cmd_scaling_fit)
     p = sub.add_parser("aggregate", help="concatenate per-run tables")
     p.add_argument("--kind", choices=sorted(TABLE_COLUMNS), required=True)
     p.add_argument("--out", required=True)

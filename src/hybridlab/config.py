@@ -42,14 +42,20 @@ def model_names() -> list[str]:
 
 
 def load_config(
-    scale: str = "smoke", variant: str = "full", seed: int = 0, overrides: list[str] | None = None
+    scale: str = "smoke", variant: str = "full", seed: int = 0, overrides: list[str] | None = None,
+    size: str | None = None,
 ) -> DictConfig:
-    """Compose the full run config for one (scale, variant, seed) plus Hydra overrides, then validate it."""
+    """Compose the full run config for one (scale, variant, seed) plus Hydra overrides, then validate it.
+    `size` picks a model size (conf/model/) other than the scale's default, e.g. S3 in the paper grid."""
     if scale not in scale_names():
         raise ConfigError("scale", scale, ", ".join(scale_names()))
     if variant not in variant_names():
         raise ConfigError("variant", variant, ", ".join(variant_names()))
+    if size is not None and size not in model_names():
+        raise ConfigError("size", size, ", ".join(model_names()))
     args = [f"scale={scale}", f"variant={variant}", f"seed={seed}", *(overrides or [])]
+    if size is not None:
+        args.append(f"model={size}")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=args)
     validate(cfg)

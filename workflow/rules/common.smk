@@ -11,6 +11,7 @@ except ConfigError as e:
     raise WorkflowError(f"bad configuration: {e}") from None
 VARIANTS = config["variants"] or PLAN["variants"]
 SEEDS = config["seeds"] or PLAN["seeds"]
+SIZES = PLAN["sizes"]
 for _v in VARIANTS:
     if _v not in variant_names():
         raise WorkflowError(f"config key 'variants': unknown variant {_v!r}; allowed: {', '.join(variant_names())}")
@@ -22,13 +23,14 @@ COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in co
 ON_GPU = PLAN.get("accelerator", "cpu") != "cpu"
 # On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs (see the script).
 GPU_WRAP = f"python {workflow.basedir}/workflow/scripts/gpu_lock.py --" if ON_GPU else ""
-RUN = f"{RES}/runs/{{variant}}/seed{{seed}}"
+RUN = f"{RES}/runs/{{size}}/{{variant}}/seed{{seed}}"
 
 
 wildcard_constraints:
+    size="|".join(SIZES),
     variant="|".join(VARIANTS),
     seed=r"\d+",
 
 
 def run_outputs(name):
-    return expand(f"{RUN}/{name}", variant=VARIANTS, seed=SEEDS)
+    return expand(f"{RUN}/{name}", size=SIZES, variant=VARIANTS, seed=SEEDS)

@@ -13,7 +13,7 @@ rule train:
         data=lambda wc, input: os.path.dirname(input.manifest),
         run=lambda wc, output: os.path.dirname(output.done),
     log:
-        f"{RES}/logs/train_{{variant}}_seed{{seed}}.log",
+        f"{RES}/logs/train_{{size}}_{{variant}}_seed{{seed}}.log",
     conda:
         "../../envs/hybridlab.yaml"
     threads: 1
@@ -21,5 +21,5 @@ rule train:
         gpu=1 if ON_GPU else 0,
     shell:
         "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train "
-        "--variant {wildcards.variant} --seed {wildcards.seed} --data {params.data} --out {params.run} "
+        "--size {wildcards.size} --variant {wildcards.variant} --seed {wildcards.seed} --data {params.data} --out {params.run} "
         "{params.common} > {log} 2>&1"

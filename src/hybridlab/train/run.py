@@ -27,7 +27,7 @@ from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.io import read_json, write_json, write_table
 from hybridlab.models import build_model
 from hybridlab.train.lit import LitLM, RunRecorder, TrainData, pl
-from hybridlab.train.schedule import log_spaced_checkpoints
+from hybridlab.train.schedule import log_spaced_checkpoints, merge_steps, tokens_to_steps
 
 log = logging.getLogger("hybridlab")
 METRICS_COLUMNS = ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb")
@@ -57,9 +57,26 @@ def provenance(cfg: DictConfig) -> dict:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"}
 
 
-def checkpoint_steps(cfg: DictConfig) -> list[int]:
-    return log_spaced_checkpoints(int(cfg.train.steps), int(cfg.train.n_checkpoints),
-                            first=max(1, int(cfg.train.steps) // 50))
+def resolve_budget(cfg: DictConfig, n_params: int) -> DictConfig:
+    """With train.budget_k set, the run lasts ceil(k*N / tokens per step) steps (N: non-embedding params)."""
+    t = cfg.train
+    k = cfg.scale.get("budget_k_by_size", {}).get(cfg.model.name, t.budget_k)
+    if k is not None:
+        if k <= 0:
+            from hybridlab.config import ConfigError
+
+            raise ConfigError("train.budget_k", k, "a number > 0 (tokens = k * N)")
+        t.steps = tokens_to_steps(int(k * n_params), int(t.batch_size), int(cfg.scale.context))
+    return cfg
+
+
+def checkpoint_steps(cfg: DictConfig, n_params: int | None = None) -> list[int]:
+    """Log-spaced trajectory steps, plus the step at which each budget point of train.budgets_k is reached."""
+    steps = int(cfg.train.steps)
+    log_spaced = log_spaced_checkpoints(steps, int(cfg.train.n_checkpoints), first=max(1, steps // 50))
+    budgets = [tokens_to_steps(int(k * n_params), int(cfg.train.batch_size), int(cfg.scale.context))
+               for k in cfg.train.budgets_k] if n_params else []
+    return merge_steps(log_spaced, [b for b in budgets if b <= steps])
 
 
 def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
@@ -75,13 +92,14 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     tokens, _ = load_split(data_dir, "train")
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg, manifest["vocab_size"])
+    cfg = resolve_budget(cfg, model.non_embedding_params())
     t = cfg.train
     on_gpu = torch.cuda.is_available() and cfg.scale.accelerator != "cpu"
     devices = int(t.get("devices", 1)) if on_gpu else 1
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
     tokens_per_step = int(t.batch_size) * int(cfg.scale.context)
-    recorder = RunRecorder(run_dir, checkpoint_steps(cfg), tokens_per_step,
+    recorder = RunRecorder(run_dir, checkpoint_steps(cfg, model.non_embedding_params()), tokens_per_step,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
                            int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)))
     lit = LitLM(torch.compile(model) if t.compile else model, cfg)
