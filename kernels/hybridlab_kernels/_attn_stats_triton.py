@@ -45,7 +45,7 @@ def _finalize(z, u, t):
 
 @triton.jit
 def _key_block(q, k_base, t_base, start, pos, win, sink, T, D, scale, stride_kt, stride_kd, stride_tt,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     offs_n = start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     in_t = offs_n < T
@@ -53,7 +53,10 @@ def _key_block(q, k_base, t_base, start, pos, win, sink, T, D, scale, stride_kt,
                  mask=in_t[None, :] & (offs_d[:, None] < D), other=0.0)
     if UPCAST:
         kt = kt.to(tl.float32)
-    s = tl.dot(q, kt, input_precision="ieee") * scale  # no TF32 for float32 inputs; 16-bit ones are exact
+    if IEEE:  # float32 inputs: full-precision products, not TF32
+        s = tl.dot(q, kt, input_precision="ieee") * scale
+    else:  # 16-bit inputs: tensor-core products are exact in the float32 accumulator
+        s = tl.dot(q, kt) * scale
     tgt = tl.load(t_base + offs_n * stride_tt, mask=in_t, other=0).to(tl.float32)
     rel = pos[:, None] - offs_n[None, :]
     allowed = (rel >= 0) & ((rel < win) | (offs_n[None, :] < sink)) & in_t[None, :]
@@ -76,7 +79,7 @@ def _stats_kernel(
     stride_pb, stride_pq,
     stride_tb, stride_th, stride_tt,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(0)
     qb = tl.program_id(1)
@@ -112,11 +115,11 @@ def _stats_kernel(
     i = tl.zeros([BLOCK_Q], tl.int32)
     for start in range(first, tl.minimum(sink_end, last), BLOCK_N):
         m_b, z_b, u_b, t_b, i_b = _key_block(q, k_base, t_base, start, pos, win, sink, T, D, scale,
-                                             stride_kt, stride_kd, stride_tt, BLOCK_N, BLOCK_D, UPCAST)
+                                             stride_kt, stride_kd, stride_tt, BLOCK_N, BLOCK_D, UPCAST, IEEE)
         m, z, u, t, i = _merge(m, z, u, t, i, m_b, z_b, u_b, t_b, i_b)
     for start in range(tl.maximum(lo, first), tl.minimum(hi, last), BLOCK_N):
         m_b, z_b, u_b, t_b, i_b = _key_block(q, k_base, t_base, start, pos, win, sink, T, D, scale,
-                                             stride_kt, stride_kd, stride_tt, BLOCK_N, BLOCK_D, UPCAST)
+                                             stride_kt, stride_kd, stride_tt, BLOCK_N, BLOCK_D, UPCAST, IEEE)
         m, z, u, t, i = _merge(m, z, u, t, i, m_b, z_b, u_b, t_b, i_b)
 
     out = bh.to(tl.int64) * Q + offs_q
@@ -197,7 +200,7 @@ def launch(x: AttnInputs, num_splits: int | None) -> tuple[torch.Tensor, torch.T
         parts = [torch.empty(splits, B * H * Q, device=q.device, dtype=torch.float32) for _ in range(4)]
         parts.append(torch.empty(splits, B * H * Q, device=q.device, dtype=torch.int32))
     else:
-        parts = [mass] * 5  # never touched: the SPLIT=False branch does not exist in the compiled kernel
+        parts = [mass] * 5  # placeholders, never touched: SPLIT=False compiles the partial stores away
 
     _stats_kernel[(B * H, q_blocks, splits)](
         q, k, x.q_pos, target, window,
@@ -206,7 +209,7 @@ def launch(x: AttnInputs, num_splits: int | None) -> tuple[torch.Tensor, torch.T
         H, Q, T, D, x.sink, x.scale, blocks_per_split * block_n,
         *q.stride(), *k.stride(), *x.q_pos.stride(), *target.stride(),
         BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, SPLIT=splits > 1,
-        UPCAST=interpreting(),
+        UPCAST=interpreting(), IEEE=q.dtype == torch.float32,
         num_warps=4,
     )
     if splits > 1:
