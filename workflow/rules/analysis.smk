@@ -1,25 +1,36 @@
-# Stage 4: retrieval-head scores per (layer, head) for every checkpoint of a run.
+# Stage 4: mechanism analyses of a run (the per-run rule shape of `evaluate`: one `hybridlab` subcommand, one
+# flag per named output).
+# analyze: one pass over every checkpoint: retrieval-head scores, the top heads' trajectories, the onset of
+#          retrieval, and NIAH accuracy with heads masked on the final checkpoint.
+# probe:   layer-wise logistic-regression probes on the final checkpoint's residual stream.
+# gradinf: gradient influence G(d) of the input d tokens before the end, on the final checkpoint.
 
 
-rule analyze:
-    input:
-        manifest=rules.prepare_data.output.manifest,
-        done=rules.train.output.done,
-    output:
-        f"{RUN}/heads.csv",
+use rule evaluate as analyze with:
     params:
-        common=COMMON,
-        wrap=GPU_WRAP,
-        data=lambda wc, input: os.path.dirname(input.manifest),
-        run=lambda wc, input: os.path.dirname(input.done),
+        cmd="analyze",
+    output:
+        out=f"{RUN}/heads.csv",
+        trajectory=f"{RUN}/trajectory.csv",
+        onset=f"{RUN}/onset.csv",
+        masking=f"{RUN}/masking.csv",
     log:
-        f"{RES}/logs/analyze_{{variant}}_seed{{seed}}.log",
-    conda:
-        "../../envs/hybridlab.yaml"
-    threads: 1
-    resources:
-        gpu=1 if ON_GPU else 0,
-    shell:
-        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab analyze --variant {wildcards.variant} "
-        "--seed {wildcards.seed} --data {params.data} --run {params.run} --out {output} {params.common} "
-        "> {log} 2>&1"
+        f"{RES}/logs/analyze_{{size}}_{{variant}}_seed{{seed}}.log",
+
+
+use rule evaluate as probe with:
+    params:
+        cmd="probe",
+    output:
+        out=f"{RUN}/probe.csv",
+    log:
+        f"{RES}/logs/probe_{{size}}_{{variant}}_seed{{seed}}.log",
+
+
+use rule evaluate as gradinf with:
+    params:
+        cmd="gradinf",
+    output:
+        out=f"{RUN}/gradinf.csv",
+    log:
+        f"{RES}/logs/gradinf_{{size}}_{{variant}}_seed{{seed}}.log",

@@ -1,4 +1,7 @@
-# Stage 3: validation loss, exact LongPPL and NIAH accuracy by length for every checkpoint of a run.
+# Stage 3: evaluations of a run. Each per-run rule runs one `hybridlab` subcommand (params.cmd) with one flag
+# per named output (--out, and e.g. --trajectory for analyze); the other per-run rules reuse this one's shape.
+# evaluate: every checkpoint: validation loss, exact LongPPL, loss by position, NIAH (and RULER-style) accuracy.
+# receptive: the final checkpoint with the full or the efficient layers limited to the last W tokens.
 
 
 rule evaluate:
@@ -6,20 +9,31 @@ rule evaluate:
         manifest=rules.prepare_data.output.manifest,
         done=rules.train.output.done,
     output:
-        f"{RUN}/eval.csv",
+        out=f"{RUN}/eval.csv",
     params:
+        cmd="evaluate",
+        outputs=lambda wc, output: " ".join(f"--{k} {shlex.quote(v)}" for k, v in output.items()),
         common=COMMON,
         wrap=GPU_WRAP,
         data=lambda wc, input: os.path.dirname(input.manifest),
         run=lambda wc, input: os.path.dirname(input.done),
     log:
-        f"{RES}/logs/evaluate_{{variant}}_seed{{seed}}.log",
+        f"{RES}/logs/evaluate_{{size}}_{{variant}}_seed{{seed}}.log",
     conda:
         "../../envs/hybridlab.yaml"
     threads: 1
     resources:
         gpu=1 if ON_GPU else 0,
     shell:
-        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab evaluate --variant {wildcards.variant} "
-        "--seed {wildcards.seed} --data {params.data} --run {params.run} --out {output} {params.common} "
+        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab {params.cmd} --size {wildcards.size} --variant {wildcards.variant} "
+        "--seed {wildcards.seed} --data {params.data} --run {params.run} {params.outputs} {params.common} "
         "> {log} 2>&1"
+
+
+use rule evaluate as receptive with:
+    params:
+        cmd="receptive",
+    output:
+        out=f"{RUN}/receptive.csv",
+    log:
+        f"{RES}/logs/receptive_{{size}}_{{variant}}_seed{{seed}}.log",

@@ -1,54 +1,74 @@
-"""Retrieval-head scores per (layer, head) and checkpoint, the paper's definition.
+"""Retrieval-head scores per (layer, head) and checkpoint: the paper's needle mass and Wu et al.'s copy score.
 
 For each NIAH sample the query position is the final token (the key after `QRY`, where the model must emit
-the needle's value); a head's score is the attention mass that position puts on the needle's value token,
-averaged over samples. Entropy of the same attention distribution is reported alongside. Statistics stream
-over keys (hybridlab_kernels.attention_stats: Triton on GPU, the PyTorch reference on CPU), so no T x T
-matrix is built. Windowed (SWA) heads are scored within their window, like the model computes them.
+the needle's value). Per attention head, from one streaming pass over the keys of the last `n_last` query
+positions (hybridlab_kernels.attention_stats: Triton on GPU, the PyTorch reference on CPU; no T x T matrix):
+  needle_mass   attention mass the query position puts on the needle's value token (the paper's score)
+  entropy       entropy of the query position's attention distribution; entropy_norm = entropy / log(length)
+  entropy_last  entropy averaged over the last `n_last` query positions (the trajectories' statistic)
+  copy_score    Wu et al. (2024): the head scores when, at a step where the model reproduces a needle token,
+                its top-1 attended key is that token's source and the model's own prediction equals it. Our
+                needle is one value token, so there is one copy step per sample (the query position, whose
+                next token is the needle value) and the score is the fraction of samples where both hold.
+Each is averaged over samples. Windowed (SWA) heads are scored within their window, like the model computes
+them; recurrent layers get NaN.
 
-Output: a tidy table with columns HEAD_COLUMNS; metric in {needle_mass, entropy, entropy_norm}.
+Output of `heads_table`: columns HEAD_COLUMNS; metric in {needle_mass, entropy, entropy_norm, copy_score}.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from hybridlab_kernels import attention_stats
 
-from hybridlab.data.niah import load_niah
-from hybridlab.data.shards import read_manifest
-from hybridlab.evals.checkpoints import iter_checkpoints, pick_device
+from hybridlab.analysis.schemas import HEAD_COLUMNS
 from hybridlab.evals.evaluate import autocast
 from hybridlab.models import HybridLM
 
-HEAD_COLUMNS = ("variant", "seed", "step", "tokens", "layer", "head", "role", "metric", "length", "value")
+HEAD_METRICS = ("needle_mass", "entropy", "entropy_last", "copy_score")
+TABLE_METRICS = ("needle_mass", "entropy", "entropy_norm", "copy_score")
+
+
+def attention_layers(model: HybridLM) -> list[int]:
+    return [i for i, b in enumerate(model.blocks) if b.spec.is_attention]
+
+
+def head_windows(model: HybridLM, layer: int, length: int, device: torch.device) -> torch.Tensor:
+    """The layer's per-head windows as the kernel takes them (a full head sees `length` keys)."""
+    return torch.tensor([length if w is None else w for w in model.blocks[layer].mixer.windows], device=device)
 
 
 @torch.no_grad()
-def head_scores(model: HybridLM, tokens: np.ndarray, needle_pos: np.ndarray, batch: int,
-                device: torch.device) -> dict[str, np.ndarray]:
-    """needle_mass and entropy, each [n_layers, n_heads] averaged over samples (NaN for recurrent layers)."""
+def head_scores(model: HybridLM, tokens: np.ndarray, needle_pos: np.ndarray, batch: int, device: torch.device,
+                n_last: int = 4) -> dict[str, np.ndarray]:
+    """HEAD_METRICS, each [n_layers, n_heads] averaged over samples (NaN for recurrent layers)."""
     n_layers, n_heads = len(model.blocks), model.shape.n_heads
-    sums = {m: np.zeros((n_layers, n_heads)) for m in ("needle_mass", "entropy")}
-    attn_layers = [i for i, b in enumerate(model.blocks) if b.spec.is_attention]
+    sums = {m: np.zeros((n_layers, n_heads)) for m in HEAD_METRICS}
+    attn_layers = attention_layers(model)
     for i in range(0, len(tokens), batch):
-        x = torch.from_numpy(tokens[i:i + batch]).to(device)
+        x = torch.from_numpy(np.array(tokens[i:i + batch], dtype=np.int64)).to(device)
         b, t = x.shape
+        src = torch.from_numpy(np.asarray(needle_pos[i:i + batch], dtype=np.int64)).to(device)
         capture = {li: {} for li in attn_layers}
         with autocast(device):
-            model(x, capture=capture)
+            logits = model(x, capture=capture)
+        copied = x[torch.arange(b, device=device), src]
+        correct = logits[:, -1].argmax(-1) == copied  # the model reproduces the needle token
         target = torch.zeros(b, t, dtype=torch.bool, device=device)
-        target[torch.arange(b), torch.from_numpy(needle_pos[i:i + batch]).to(device)] = True
+        target[torch.arange(b, device=device), src] = True
+        q_last = min(n_last, t)
         for li in attn_layers:
-            cap, mixer = capture[li], model.blocks[li].mixer
-            window = torch.tensor([t if w is None else w for w in mixer.windows], device=device)
-            stats = attention_stats(cap["q"][:, :, -1:].float(), cap["k"].float(),
-                                    cap["q_pos"][-1:].to(device), target, window=window, sink=mixer.sinks)
-            sums["needle_mass"][li] += stats.mass[:, :, 0].sum(0).double().cpu().numpy()
-            sums["entropy"][li] += stats.entropy[:, :, 0].sum(0).double().cpu().numpy()
+            cap = capture[li]
+            stats = attention_stats(cap["q"][:, :, -q_last:].float(), cap["k"].float(), cap["q_pos"][-q_last:],
+                                    target, window=head_windows(model, li, t, device),
+                                    sink=model.blocks[li].mixer.sinks)
+            copy = (stats.top1[:, :, -1] == src[:, None]) & correct[:, None]
+            per_sample = {"needle_mass": stats.mass[:, :, -1], "entropy": stats.entropy[:, :, -1],
+                          "entropy_last": stats.entropy.mean(-1), "copy_score": copy.float()}
+            for m, v in per_sample.items():
+                sums[m][li] += v.sum(0).double().cpu().numpy()
     out = {k: v / len(tokens) for k, v in sums.items()}
     for li in set(range(n_layers)) - set(attn_layers):
         for v in out.values():
@@ -56,22 +76,29 @@ def head_scores(model: HybridLM, tokens: np.ndarray, needle_pos: np.ndarray, bat
     return out
 
 
-def analyze_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
-    manifest = read_manifest(data_dir)
-    device = pick_device(cfg)
-    length = int(manifest["context"])
-    ds = load_niah(data_dir, length)
-    rows = []
-    for model, info in iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device):
-        scores = head_scores(model, ds.tokens, ds.needle_pos, int(cfg.eval.batch_size), device)
-        scores["entropy_norm"] = scores["entropy"] / np.log(length)
-        for li, block in enumerate(model.blocks):
-            if not block.spec.is_attention:
-                continue
-            for h in range(model.shape.n_heads):
-                role = "full" if block.spec.windows[h] is None else "efficient"
-                for metric, arr in scores.items():
-                    rows.append({"variant": cfg.variant.name, "seed": int(cfg.seed), **info, "layer": li,
-                                 "head": h, "role": role, "metric": metric, "length": length,
-                                 "value": float(arr[li, h])})
+def head_role(model: HybridLM, layer: int, head: int) -> str:
+    return "full" if model.blocks[layer].mixer.windows[head] is None else "efficient"
+
+
+def attention_heads(model: HybridLM, role: str | None = None) -> list[tuple[int, int]]:
+    """Every (layer, head) of the attention layers, optionally only those of one role (full | efficient)."""
+    return [(li, h) for li in attention_layers(model) for h in range(model.shape.n_heads)
+            if role is None or head_role(model, li, h) == role]
+
+
+def heads_table(model: HybridLM, scores: dict[str, np.ndarray], base: dict, length: int) -> pd.DataFrame:
+    """Tidy rows of one checkpoint's scores; `base` holds variant, seed, step and tokens."""
+    values = {"needle_mass": scores["needle_mass"], "entropy": scores["entropy"],
+              "entropy_norm": scores["entropy"] / np.log(length), "copy_score": scores["copy_score"]}
+    rows = [{**base, "layer": li, "head": h, "role": head_role(model, li, h), "metric": metric, "length": length,
+             "value": float(values[metric][li, h])}
+            for li, h in attention_heads(model) for metric in TABLE_METRICS]
     return pd.DataFrame(rows, columns=list(HEAD_COLUMNS))
+
+
+def top_heads(scores: dict[str, np.ndarray], k: int) -> list[tuple[int, int]]:
+    """The k (layer, head) pairs of highest needle mass (the target retrieval heads), strongest first."""
+    mass = scores["needle_mass"]
+    order = [j for j in np.argsort(-np.nan_to_num(mass, nan=-np.inf), axis=None, kind="stable")
+             if np.isfinite(mass.flat[j])]
+    return [tuple(int(i) for i in np.unravel_index(j, mass.shape)) for j in order[:k]]

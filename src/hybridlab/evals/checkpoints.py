@@ -35,6 +35,13 @@ def iter_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.de
         yield model.to(device).eval(), info
 
 
+def load_final(cfg, run_dir: str | Path, vocab_size: int, device: torch.device) -> tuple[HybridLM, dict]:
+    """The run's last trajectory checkpoint (the end of training) on `device` in eval mode, and its info."""
+    model = build_model(cfg, vocab_size)
+    info = load_checkpoint(list_checkpoints(run_dir)[-1], model)
+    return model.to(device).eval(), info
+
+
 def pick_device(cfg) -> torch.device:
     if torch.cuda.is_available() and cfg.scale.accelerator != "cpu":
         return torch.device("cuda")

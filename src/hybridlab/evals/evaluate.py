@@ -1,15 +1,26 @@
-"""Per-checkpoint evaluation: validation loss, exact LongPPL on the synthetic key tokens, NIAH accuracy by
-length (including lengths beyond training).
+"""Per-checkpoint evaluation: validation loss, LongPPL, loss by position, NIAH accuracy by length (including
+lengths beyond training) and the RULER-style suite.
 
 Output: a tidy table, one row per (checkpoint, metric, length) with columns EVAL_COLUMNS.
-  val_loss         mean next-token loss over every validation token
-  val_loss_local   the same over tokens that need no retrieval (the short-context loss)
-  log_longppl      mean loss over key tokens whose source lies beyond data.long_threshold (log of LongPPL)
+  val_loss         mean next-token loss over the first eval.val_batches * eval.batch_size validation sequences
+  val_loss_local   the same over tokens that need no retrieval (the short-context loss; on real text, where
+                   every token's `dist` is 0, it equals val_loss)
+  log_longppl      mean loss over the LongPPL key tokens (log of LongPPL): exact on the synthetic corpus
+                   (recalled values whose source lies beyond data.long_threshold), the reference model's
+                   selection on real text (data/longppl.py); NaN when real text has no key-token mask
+  loss_by_pos      mean loss of the tokens at positions (length/2, length] (the log perplexity by position; the
+                   first bucket holds every position <= eval.pos_bucket_min)
   niah_acc         fraction of NIAH samples whose final prediction is the needle's value (greedy argmax)
+  ruler_<task>     each RULER-style eval set of the data folder (data/evalsets.py), by length: per sample the
+                   fraction of its answer tokens predicted under teacher forcing (argmax at answer_pos - 1),
+                   averaged over samples; for single-token values this is RULER's string_match_all. At every
+                   checkpoint, or only the final one unless eval.ruler_all_checkpoints.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +28,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from hybridlab.analysis.schemas import EVAL_COLUMNS
+from hybridlab.data.evalsets import EvalSet, load_evalset
 from hybridlab.data.niah import load_niah
-from hybridlab.data.shards import load_split, read_manifest
-from hybridlab.evals.checkpoints import iter_checkpoints, pick_device
+from hybridlab.data.shards import load_key_mask, load_split, read_manifest
+from hybridlab.evals.checkpoints import iter_checkpoints, list_checkpoints, pick_device
 from hybridlab.models import HybridLM, Receptive
 
-EVAL_COLUMNS = ("variant", "seed", "step", "tokens", "metric", "length", "value")
+log = logging.getLogger("hybridlab")
 
 
 def autocast(device: torch.device):
@@ -43,11 +56,74 @@ def token_losses(model: HybridLM, tokens: np.ndarray, batch: int, device: torch.
     return torch.cat(out)
 
 
-def loss_metrics(losses: torch.Tensor, dist: np.ndarray, long_threshold: int) -> dict[str, float]:
-    d = torch.from_numpy(np.asarray(dist[:, 1:], dtype=np.int64))
-    key = d >= long_threshold
-    return {"val_loss": losses.mean().item(), "val_loss_local": losses[d == 0].mean().item(),
-            "log_longppl": losses[key].mean().item() if key.any() else float("nan")}
+@dataclass
+class ValSet:
+    tokens: np.ndarray  # [n, T]
+    dist: np.ndarray  # [n, T] distance to each token's source (0: needs no retrieval)
+    key: np.ndarray | None  # [n, T] bool LongPPL key tokens; None for real text without a reference's mask
+
+
+def load_val(cfg, data_dir: str | Path) -> ValSet:
+    """The evaluation's validation sequences: the first eval.val_batches * eval.batch_size of the val split."""
+    n = int(cfg.eval.val_batches) * int(cfg.eval.batch_size)
+    tokens, dist = load_split(data_dir, "val")
+    try:
+        key = np.asarray(load_key_mask(data_dir, "val")[:n])
+    except KeyError as e:
+        log.warning("%s: log_longppl will be NaN", e.args[0])
+        key = None
+    return ValSet(tokens[:n], dist[:n], key)
+
+
+def loss_metrics(losses: torch.Tensor, val: ValSet) -> dict[str, float]:
+    """val_loss, val_loss_local and log_longppl of per-token losses [n, T-1] (column i predicts token i + 1)."""
+    local = torch.from_numpy(np.asarray(val.dist[:, 1:]) == 0)
+    key = None if val.key is None else torch.from_numpy(val.key[:, 1:])
+    return {"val_loss": losses.mean().item(), "val_loss_local": losses[local].mean().item(),
+            "log_longppl": losses[key].mean().item() if key is not None and key.any() else float("nan")}
+
+
+def position_buckets(context: int, first: int) -> list[int]:
+    """Upper bounds of the position buckets: `first`, then doublings, the last one clipped to the context."""
+    bounds = [min(first, context)]
+    while bounds[-1] < context:
+        bounds.append(min(2 * bounds[-1], context))
+    return bounds
+
+
+def bucket_means(values: torch.Tensor, first: int, size: int | None = None) -> dict[int, float]:
+    """Mean of values[..., i] per bucket of the 1-based index i + 1: (0, first], then (u/2, u] up to `size`
+    (default: the last index); keys are the buckets' upper bounds, empty buckets are left out."""
+    index = torch.arange(1, values.shape[-1] + 1)
+    out, low = {}, 0
+    for high in position_buckets(size or values.shape[-1], first):
+        sel = (index > low) & (index <= high)
+        if sel.any():
+            out[high] = values[..., sel].mean().item()
+        low = high
+    return out
+
+
+@torch.no_grad()
+def ruler_score(model: HybridLM, ds: EvalSet, batch: int, device: torch.device) -> float:
+    """Teacher-forced answer-token recall per sample (see the module docstring), averaged over samples."""
+    total = 0.0
+    for i in range(0, len(ds.tokens), batch):
+        x = torch.from_numpy(np.array(ds.tokens[i:i + batch], dtype=np.int64)).to(device)
+        pos = torch.from_numpy(np.array(ds.answer_pos[i:i + batch], dtype=np.int64)).to(device)
+        answer = torch.from_numpy(np.array(ds.answer[i:i + batch], dtype=np.int64)).to(device)
+        with autocast(device):
+            pred = model(x).argmax(-1)
+        valid = pos > 0
+        hit = (pred.gather(1, (pos - 1).clamp(min=0)) == answer) & valid
+        total += (hit.sum(1) / valid.sum(1).clamp(min=1)).sum().item()
+    return total / len(ds.tokens)
+
+
+def ruler_sets(data_dir: str | Path, manifest: dict) -> dict[tuple[str, int], EvalSet]:
+    """Every RULER-style eval set of the data folder (the probing set aside), by (task, length)."""
+    return {(task, int(n)): load_evalset(data_dir, task, int(n))
+            for task, by_length in manifest.get("evalsets", {}).items() if task != "probe" for n in by_length}
 
 
 @torch.no_grad()
@@ -64,17 +140,25 @@ def niah_accuracy(model: HybridLM, ds, batch: int, device: torch.device) -> floa
 def evaluate_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
     manifest = read_manifest(data_dir)
     device = pick_device(cfg)
-    n_val = int(cfg.eval.val_batches) * int(cfg.eval.batch_size)
-    val_tokens, val_dist = load_split(data_dir, "val")
-    val_tokens, val_dist = val_tokens[:n_val], val_dist[:n_val]
+    batch = int(cfg.eval.batch_size)
+    val = load_val(cfg, data_dir)
     niah = {int(n): load_niah(data_dir, int(n)) for n in manifest["niah"]}
+    ruler = ruler_sets(data_dir, manifest)
+    n_ckpt = len(list_checkpoints(run_dir))
     rows = []
-    for model, info in iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device):
+    for i, (model, info) in enumerate(iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device)):
         base = {"variant": cfg.variant.name, "seed": int(cfg.seed), **info}
-        losses = token_losses(model, val_tokens, int(cfg.eval.batch_size), device)
-        for metric, value in loss_metrics(losses, val_dist, manifest["long_threshold"]).items():
+        losses = token_losses(model, val.tokens, batch, device)
+        for metric, value in loss_metrics(losses, val).items():
             rows.append({**base, "metric": metric, "length": manifest["context"], "value": value})
+        # column i of `losses` predicts the token at position i + 1, so the buckets are by position
+        for high, value in bucket_means(losses, int(cfg.eval.pos_bucket_min), manifest["context"]).items():
+            rows.append({**base, "metric": "loss_by_pos", "length": high, "value": value})
         for length, ds in niah.items():
-            acc = niah_accuracy(model, ds, int(cfg.eval.batch_size), device)
+            acc = niah_accuracy(model, ds, batch, device)
             rows.append({**base, "metric": "niah_acc", "length": length, "value": acc})
+        if cfg.eval.ruler_all_checkpoints or i == n_ckpt - 1:
+            for (task, length), ds in ruler.items():
+                rows.append({**base, "metric": f"ruler_{task}", "length": length,
+                             "value": ruler_score(model, ds, batch, device)})
     return pd.DataFrame(rows, columns=list(EVAL_COLUMNS))

@@ -1,0 +1,56 @@
+"""`hybridlab analyze`: one pass over a run's checkpoints for every head-level analysis.
+
+Per checkpoint, the NIAH set at the training context gives the head scores (analysis/retrieval.py) and the
+Q/K weights are kept; after the pass, the final checkpoint's top eval.top_heads heads (by needle mass) select
+the trajectories (analysis/trajectory.py), the onset is read off the full heads' needle mass, and the final
+model, still loaded, is re-evaluated on NIAH with heads masked (analysis/masking.py).
+
+Returns the tables heads, trajectory, onset and masking (schemas in analysis/schemas.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from hybridlab.analysis.masking import masking_table
+from hybridlab.analysis.retrieval import head_scores, heads_table, top_heads
+from hybridlab.analysis.trajectory import CheckpointRecord, onset_table, qk_weights, trajectory_table
+from hybridlab.config import ConfigError
+from hybridlab.data.niah import load_niah
+from hybridlab.data.shards import read_manifest
+from hybridlab.evals.checkpoints import iter_checkpoints, pick_device
+
+N_LAST_QUERIES = 4  # the trajectories' entropy is averaged over the last 4 query positions, as in the paper
+
+
+def analyze_run(cfg, data_dir: str | Path, run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    manifest = read_manifest(data_dir)
+    device = pick_device(cfg)
+    length = int(manifest["context"])
+    ds = load_niah(data_dir, length)
+    batch = int(cfg.eval.batch_size)
+    run = {"variant": cfg.variant.name, "seed": int(cfg.seed)}
+    history, heads = [], []
+    model = None
+    for model, info in iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device):
+        scores = head_scores(model, ds.tokens, ds.needle_pos, batch, device, n_last=N_LAST_QUERIES)
+        history.append(CheckpointRecord(info, scores, qk_weights(model)))
+        heads.append(heads_table(model, scores, {**run, **info}, length))
+    final = history[-1]
+    ks = [int(k) for k in cfg.eval.masking_k]
+    top = top_heads(final.scores, max([int(cfg.eval.top_heads), *ks]))
+    lengths = sorted({max(8, round(float(f) * length)) for f in cfg.eval.masking_lengths})
+    missing = [n for n in lengths if str(n) not in manifest["niah"]]
+    if missing:
+        raise ConfigError("eval.masking_lengths", list(cfg.eval.masking_lengths),
+                          f"fractions of the context with a NIAH set (lengths {sorted(manifest['niah'], key=int)})")
+    niah = {n: load_niah(data_dir, n) for n in lengths}
+    return {
+        "heads": pd.concat(heads, ignore_index=True),
+        "trajectory": trajectory_table(history, top[:int(cfg.eval.top_heads)], run, length),
+        "onset": onset_table(history, model, run, float(cfg.eval.onset_threshold)),
+        "masking": masking_table(model, niah, top, ks, int(cfg.eval.masking_draws), int(cfg.seed), batch, device,
+                                 {**run, **final.info}),
+    }

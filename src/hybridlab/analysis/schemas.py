@@ -1,0 +1,40 @@
+"""Column schemas of the per-run result tables that `hybridlab evaluate`, `receptive`, `analyze`, `probe` and
+`gradinf` write, and the file each is written to in a run folder. Torch-free: `hybridlab aggregate` and the
+figures read it. Every table is tidy: one row per observation, the measured number in `value`.
+
+  eval.csv        val_loss, val_loss_local, log_longppl, loss_by_pos (length = bucket upper bound),
+                  niah_acc (length = NIAH length), ruler_<task> (length = eval-set length)
+  heads.csv       needle_mass, entropy, entropy_norm, copy_score per attention head (role full|efficient)
+  receptive.csv   losses with the full or the efficient layers limited to the last `window` tokens
+  probe.csv       probe_acc per layer of the residual stream (`resid`) or the layer's delta (`delta`)
+  trajectory.csv  entropy, entropy_norm, q_l2, k_l2, q_rel_l2, k_rel_l2, needle_mass of the final top heads
+  onset.csv       onset_tokens, onset_step (+ _interp) of the strongest full head and of any full head
+  gradinf.csv     grad_influence by distance bucket (distance = bucket upper bound)
+  masking.csv     niah_acc with k heads masked: heads top | random (k = 0: heads none, the unmasked model)
+"""
+
+from __future__ import annotations
+
+RUN_KEYS = ("variant", "seed", "step", "tokens")
+
+EVAL_COLUMNS = (*RUN_KEYS, "metric", "length", "value")
+HEAD_COLUMNS = (*RUN_KEYS, "layer", "head", "role", "metric", "length", "value")
+RECEPTIVE_COLUMNS = (*RUN_KEYS, "constrained", "window", "metric", "value")
+PROBE_COLUMNS = (*RUN_KEYS, "layer", "feature", "metric", "value")
+TRAJECTORY_COLUMNS = (*RUN_KEYS, "layer", "head", "metric", "value")
+ONSET_COLUMNS = ("variant", "seed", "selection", "layer", "head", "metric", "value", "formed")
+GRADINF_COLUMNS = (*RUN_KEYS, "distance", "metric", "value")
+MASKING_COLUMNS = (*RUN_KEYS, "k", "heads", "length", "metric", "value")
+
+TABLES = {
+    "eval": EVAL_COLUMNS,
+    "heads": HEAD_COLUMNS,
+    "receptive": RECEPTIVE_COLUMNS,
+    "probe": PROBE_COLUMNS,
+    "trajectory": TRAJECTORY_COLUMNS,
+    "onset": ONSET_COLUMNS,
+    "gradinf": GRADINF_COLUMNS,
+    "masking": MASKING_COLUMNS,
+}
+# The per-run file of each table kind (runs/{variant}/seed{seed}/<file>).
+RUN_FILES = {kind: f"{kind}.csv" for kind in TABLES}
