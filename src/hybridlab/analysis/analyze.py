@@ -25,32 +25,37 @@ from hybridlab.evals.checkpoints import iter_checkpoints, pick_device
 N_LAST_QUERIES = 4  # the trajectories' entropy is averaged over the last 4 query positions, as in the paper
 
 
+def masking_sets(cfg, data_dir: str | Path, manifest: dict) -> dict:
+    """The NIAH sets of eval.masking_lengths (fractions of the context), by length; checked before any work."""
+    context = int(manifest["context"])
+    lengths = sorted({max(8, round(float(f) * context)) for f in cfg.eval.masking_lengths})
+    if any(str(n) not in manifest["niah"] for n in lengths):
+        raise ConfigError("eval.masking_lengths", list(cfg.eval.masking_lengths),
+                          f"fractions of the context with a NIAH set (lengths {sorted(manifest['niah'], key=int)})")
+    return {n: load_niah(data_dir, n) for n in lengths}
+
+
 def analyze_run(cfg, data_dir: str | Path, run_dir: str | Path) -> dict[str, pd.DataFrame]:
     manifest = read_manifest(data_dir)
     device = pick_device(cfg)
     length = int(manifest["context"])
     ds = load_niah(data_dir, length)
+    masking_niah = masking_sets(cfg, data_dir, manifest)
     batch = int(cfg.eval.batch_size)
     run = {"variant": cfg.variant.name, "seed": int(cfg.seed)}
     history, heads = [], []
-    model = None
     for model, info in iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device):
         scores = head_scores(model, ds.tokens, ds.needle_pos, batch, device, n_last=N_LAST_QUERIES)
         history.append(CheckpointRecord(info, scores, qk_weights(model)))
         heads.append(heads_table(model, scores, {**run, **info}, length))
+    # `model` now holds the final checkpoint (iter_checkpoints loads each into the same module, oldest first)
     final = history[-1]
     ks = [int(k) for k in cfg.eval.masking_k]
     top = top_heads(final.scores, max([int(cfg.eval.top_heads), *ks]))
-    lengths = sorted({max(8, round(float(f) * length)) for f in cfg.eval.masking_lengths})
-    missing = [n for n in lengths if str(n) not in manifest["niah"]]
-    if missing:
-        raise ConfigError("eval.masking_lengths", list(cfg.eval.masking_lengths),
-                          f"fractions of the context with a NIAH set (lengths {sorted(manifest['niah'], key=int)})")
-    niah = {n: load_niah(data_dir, n) for n in lengths}
     return {
         "heads": pd.concat(heads, ignore_index=True),
         "trajectory": trajectory_table(history, top[:int(cfg.eval.top_heads)], run, length),
         "onset": onset_table(history, model, run, float(cfg.eval.onset_threshold)),
-        "masking": masking_table(model, niah, top, ks, int(cfg.eval.masking_draws), int(cfg.seed), batch, device,
-                                 {**run, **final.info}),
+        "masking": masking_table(model, masking_niah, top, ks, int(cfg.eval.masking_draws), int(cfg.seed), batch,
+                                 device, {**run, **final.info}),
     }
