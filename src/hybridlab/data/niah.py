@@ -1,61 +1,51 @@
-"""Needle-in-a-haystack eval sets, reproducible from (corpus, length, seed).
+"""The single-needle NIAH set that evaluation and the retrieval-head analysis read (`manifest["niah"]`).
 
-A sample is `BOS filler... DEF key value filler... QRY key`: the model must predict `value` at the last
-position. The haystack is the corpus's own Markov filler (RULER's niah_single with a "text" haystack) or one
-repeated filler sentence (`haystack="repeat"`). The needle's value position is recorded for the analyses: the
-retrieval score is the attention mass that the query position (the final `key`) puts on it.
+A sample is `BOS haystack... needle haystack... question`, exactly `length` tokens, ending at the question: the
+model must predict the answer's first token at the last position. In the synthetic grammar the needle is
+`DEF key value` and the question `QRY key`; with a real tokenizer they are RULER's English templates. The
+haystack is text (Markov filler, held-out documents or a text file) or one repeated sentence
+(`haystack="repeat"`). The position of the needle's (first) value token is recorded for the analyses: the
+retrieval score is the attention mass that the query position (the last token) puts on it. Built by
+evalsets.make_evalset on its own random stream, so it is reproducible from (language, length, seed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from hybridlab.data.synthetic import BOS, DEF, QRY, SPLITS, SyntheticCorpus
+from hybridlab.data.evalsets import SyntheticLanguage, make_evalset
+from hybridlab.data.synthetic import SyntheticCorpus
 
 
 @dataclass
 class NiahSet:
     tokens: np.ndarray  # [n, length]
-    needle_pos: np.ndarray  # [n] position of the needle's value token
-    answer: np.ndarray  # [n] the value token to predict after the final key
-    depth: np.ndarray  # [n] needle depth as a fraction of the length
+    needle_pos: np.ndarray  # [n] position of the needle's (first) value token
+    answer: np.ndarray  # [n] the (first) answer token to predict after the last position
+    depth: np.ndarray  # [n] needle depth as a fraction of the haystack
 
     def to_npz(self) -> dict[str, np.ndarray]:
         return {"tokens": self.tokens, "needle_pos": self.needle_pos, "answer": self.answer, "depth": self.depth}
 
 
-def make_niah(corpus: SyntheticCorpus, length: int, n_samples: int, depths: list[float], seed: int,
+def make_niah(lang, length: int, n_samples: int, depths: list[float], seed: int,
               haystack: str = "text") -> NiahSet:
-    if length < 8:
-        raise ValueError(f"NIAH length must be >= 8, got {length}")
-    rng = np.random.default_rng([corpus.spec.corpus_seed, SPLITS["niah"], length, seed])
-    if haystack == "text":
-        tokens = corpus.filler.sample(rng, n_samples, length)
-    elif haystack == "repeat":
-        sentence = corpus.filler.sample(rng, 1, 12)[0]
-        tokens = np.tile(sentence, (n_samples, length // len(sentence) + 1))[:, :length].copy()
-    else:
+    """`lang`: an evalsets language, or a SyntheticCorpus (wrapped in its SyntheticLanguage)."""
+    if haystack not in ("text", "repeat"):
         raise ValueError(f"haystack: got {haystack!r}; allowed: text, repeat")
-    vocab = corpus.vocab
-    depth = np.array([depths[i % len(depths)] for i in range(n_samples)], dtype=np.float64)
-    keys = rng.integers(vocab.n_keys, size=n_samples) + vocab.keys.start
-    answers = rng.integers(vocab.n_values, size=n_samples) + vocab.values.start
-    usable = length - 6  # room for BOS, the needle triple and the final QRY key
-    needle_start = 1 + np.round(depth * (usable - 1)).astype(np.int64)
-    tokens[:, 0] = BOS
-    for i in range(n_samples):
-        p = needle_start[i]
-        tokens[i, p:p + 3] = (DEF, keys[i], answers[i])
-        tokens[i, -2:] = (QRY, keys[i])
-    return NiahSet(tokens.astype(np.int64), needle_start + 2, answers.astype(np.int64), depth)
+    if isinstance(lang, SyntheticCorpus):
+        lang = SyntheticLanguage(lang)
+    task = "niah_single" if haystack == "text" else "niah_single_repeat"
+    ds = make_evalset(lang, task, length, n_samples, seed, depths, include_answer=False, stream="niah")
+    return NiahSet(ds.tokens.astype(np.int64), ds.needle_pos[:, 0].astype(np.int64),
+                   ds.answer[:, 0].astype(np.int64), ds.depth)
 
 
-def load_niah(folder, length: int, verify: bool = True) -> NiahSet:
-    """The NIAH set of one length from a prepared data folder, verified against its manifest."""
-    from pathlib import Path
-
+def load_niah(folder: str | Path, length: int, verify: bool = True) -> NiahSet:
+    """The NIAH set of one length from a prepared data folder, verified against its manifest (int64 arrays)."""
     from hybridlab.data.shards import load_array, read_manifest
 
     folder = Path(folder)
@@ -63,4 +53,6 @@ def load_niah(folder, length: int, verify: bool = True) -> NiahSet:
     if entries is None:
         raise KeyError(f"{folder}: no NIAH set of length {length}")
     arrays = {k: np.asarray(load_array(folder, e, verify)) for k, e in entries.items()}
+    for k in ("tokens", "needle_pos", "answer"):  # stored compactly; models and indexing want int64
+        arrays[k] = arrays[k].astype(np.int64)
     return NiahSet(**arrays)

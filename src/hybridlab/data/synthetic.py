@@ -1,28 +1,39 @@
-"""The embedded synthetic corpus: a Markov "language" with facts stated once and recalled later.
+"""The embedded synthetic corpus: a Markov "language" with facts, lookup tables and copied spans recalled later.
 
-Design (why the paper's findings can show at one-GPU scale):
+Design (why the paper's findings can show at one-GPU scale; docs/data.md says more):
 - Local structure: filler words follow a sparse Markov chain (each word has `branching` successors with fixed
-  probabilities, successors drawn with Zipf-like popularity), so short-range layers have a real language to
-  model and short-context loss is meaningful.
-- Long-range dependencies: a document states facts `DEF key value` and later asks `QRY key value`. The value
-  after `QRY key` is predictable only by retrieving the definition, `distance` tokens back. Distances are drawn
-  log-uniformly (heavy-tailed: most recalls are near, some are far), up to the document length.
-- Ground truth: for every token the corpus records the distance to the token it copies (0 where the token
-  needs no retrieval), so LongPPL is exact: key tokens are the recalled values whose source lies beyond d.
-- Long and short documents: a sequence holds either one long document or several short ones (facts never
-  cross a document boundary), mixed by `long_fraction` (0.5 is the paper's 1:1).
-Everything is a deterministic function of (config, corpus_seed, split).
+  probabilities; successors are drawn with Zipf-like popularity, exponent `zipf_exponent`), so sliding-window
+  layers have a real language to learn and short-context loss is meaningful.
+- Long-range dependencies, each labelled with the exact distance to its source:
+  - facts: `DEF key value` stated once, later asked as `QRY key value`; the value after `QRY key` is
+    predictable only by retrieving the definition;
+  - lookup tables: `DEF k1 v1 DEF k2 v2 ...` stated together (associative recall among neighbours), each pair
+    asked later on its own;
+  - copied spans: a span of random words (a "name" or "quotation": not predictable locally) repeated later;
+    every copied token after the first is predictable by copying (an induction head).
+  Distances follow a heavy-tailed law (`DistanceLaw`: log-uniform, power-law or uniform) up to the document
+  length, so most useful context is near and some is far, like natural text.
+- Ground truth: `dist[t]` is the distance from token t to the token it repeats (0 where t needs no retrieval),
+  so `tokens[t] == tokens[t - dist[t]]` and LongPPL is exact: key tokens are those with dist beyond a threshold.
+- Long and short documents: a sequence holds one long document or several short ones (recalls never cross a
+  document boundary), mixed by `long_fraction` (0.5 is the paper's 1:1 by tokens).
+Everything is a deterministic function of (spec, corpus_seed, split, chunk index).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 PAD, BOS, DEF, QRY, SEP = 0, 1, 2, 3, 4
 N_SPECIAL = 5
-SPLITS = {"train": 0, "val": 1, "niah": 2, "probe": 3}
+SPECIAL_NAMES = ("<pad>", "<bos>", "<def>", "<qry>", "<sep>")  # real tokenizers reserve the same ids
+SPLITS = {"train": 0, "val": 1, "niah": 2, "probe": 3, "eval": 4}
+CHUNK = 256  # sequences per random stream; part of the corpus definition (changing it changes the data)
+DISTANCE_LAWS = ("loguniform", "powerlaw", "uniform")
 
 
 @dataclass(frozen=True)
@@ -50,121 +61,266 @@ class Vocab:
         return N_SPECIAL + self.n_keys + self.n_values + self.n_words
 
 
+@dataclass(frozen=True)
+class DistanceLaw:
+    """Recall distances D = floor(X), X on [low, high + 1) with density proportional to x^-exponent.
+
+    `loguniform` is exponent 1 (equal mass per octave), `uniform` exponent 0, `powerlaw` any exponent (> 1 puts
+    more mass near). `cdf` is the exact law of the integer D, for tests and documentation.
+    """
+
+    kind: str = "loguniform"
+    exponent: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in DISTANCE_LAWS:
+            raise ValueError(f"data.distance_dist: got {self.kind!r}; allowed: {', '.join(DISTANCE_LAWS)}")
+
+    @property
+    def a(self) -> float:
+        return {"loguniform": 1.0, "uniform": 0.0}.get(self.kind, float(self.exponent))
+
+    def _g(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.log(x) if self.a == 1.0 else x ** (1.0 - self.a) / (1.0 - self.a)
+
+    def _g_inv(self, y):
+        return np.exp(y) if self.a == 1.0 else (y * (1.0 - self.a)) ** (1.0 / (1.0 - self.a))
+
+    def cdf(self, k, low: int, high: int) -> np.ndarray:
+        """P(D <= k) for integer k."""
+        k = np.clip(np.asarray(k, dtype=np.float64), low - 1, high)
+        g0, g1 = self._g(low), self._g(high + 1)
+        return (self._g(k + 1) - g0) / (g1 - g0)
+
+    def sample(self, rng: np.random.Generator, low: int, high: int, size: int | None = None):
+        """Integer distances in [low, high]."""
+        if high <= low:
+            return low if size is None else np.full(size, low, dtype=np.int64)
+        if size is None:  # the per-item path of corpus generation: plain floats are much faster than numpy
+            a, u = self.a, rng.random()
+            if a == 1.0:
+                x = low * math.exp(u * math.log((high + 1) / low))
+            else:
+                b0, b1 = low ** (1.0 - a), (high + 1) ** (1.0 - a)
+                x = (b0 + u * (b1 - b0)) ** (1.0 / (1.0 - a))
+            return min(max(int(x), low), high)
+        g0, g1 = self._g(low), self._g(high + 1)
+        x = np.floor(self._g_inv(g0 + rng.random(size) * (g1 - g0)))
+        d = np.clip(x, low, high).astype(np.int64)
+        return int(d) if size is None else d
+
+
 class MarkovFiller:
     """A sparse Markov chain over the filler words; the chain is fixed by the corpus seed."""
 
-    def __init__(self, vocab: Vocab, branching: int, probs: list[float], seed: int):
+    def __init__(self, vocab: Vocab, branching: int, probs: list[float], seed: int, zipf_exponent: float = 1.0):
         if len(probs) != branching or not np.isclose(sum(probs), 1.0):
-            raise ValueError(f"branch_probs must have {branching} entries summing to 1, got {probs}")
+            raise ValueError(f"data.branch_probs: must have data.branching={branching} entries summing to 1, "
+                             f"got {probs}")
         rng = np.random.default_rng([seed, 99])
         n = vocab.n_words
-        popularity = 1.0 / np.arange(1, n + 1)
+        popularity = np.arange(1, n + 1, dtype=np.float64) ** -float(zipf_exponent)
         popularity /= popularity.sum()
-        self.succ = np.stack([rng.choice(n, size=branching, replace=False, p=popularity) for _ in range(n)])
+        self.succ = np.stack([rng.choice(n, size=branching, replace=False, p=_without(popularity, i))
+                              for i in range(n)])  # no self-loops: a word never follows itself
         self.cum = np.cumsum(probs)
         self.start_p = popularity
         self.offset = vocab.words.start
 
     def sample(self, rng: np.random.Generator, n_seqs: int, length: int) -> np.ndarray:
         """[n_seqs, length] filler token ids, generated for all sequences at once."""
-        out = np.empty((n_seqs, length), dtype=np.int64)
+        out = np.empty((length, n_seqs), dtype=np.int64)
         cur = rng.choice(len(self.start_p), size=n_seqs, p=self.start_p)
-        choices = np.searchsorted(self.cum, rng.random((n_seqs, length)), side="right")
-        choices = np.minimum(choices, len(self.cum) - 1)
+        choices = np.searchsorted(self.cum, rng.random((length, n_seqs)), side="right")
+        np.minimum(choices, len(self.cum) - 1, out=choices)
         for t in range(length):
-            out[:, t] = cur
-            cur = self.succ[cur, choices[:, t]]
-        return out + self.offset
-
-
-def sample_distance(rng: np.random.Generator, low: int, high: int, kind: str) -> int:
-    """A recall distance in [low, high]: log-uniform (heavy-tailed, like natural text) or uniform."""
-    if high <= low:
-        return low
-    if kind == "loguniform":
-        return int(np.exp(rng.uniform(np.log(low), np.log(high + 1))))
-    if kind == "uniform":
-        return int(rng.integers(low, high + 1))
-    raise ValueError(f"data.distance_dist: got {kind!r}; allowed: loguniform, uniform")
-
-
-def place_facts(tokens: np.ndarray, dist: np.ndarray, start: int, end: int, n_facts: int, vocab: Vocab,
-                rng: np.random.Generator, min_distance: int, kind: str) -> None:
-    """Write `DEF k v ... QRY k v` pairs into tokens[start:end] in place and label each recalled value."""
-    occupied = np.zeros(end - start, dtype=bool)
-    keys = rng.permutation(vocab.n_keys)[: min(n_facts, vocab.n_keys)]
-    length = end - start
-    for key in keys:
-        for _ in range(8):  # a few tries to find free slots; a crowded document just gets fewer facts
-            d = sample_distance(rng, min_distance, length - 4, kind)
-            q = int(rng.integers(d, length - 2)) if length - 2 > d else -1
-            p = q - d
-            if p < 0 or occupied[p:p + 3].any() or occupied[q:q + 3].any():
-                continue
-            value = vocab.values[int(rng.integers(vocab.n_values))]
-            k = vocab.keys[int(key)]
-            tokens[start + p:start + p + 3] = (DEF, k, value)
-            tokens[start + q:start + q + 3] = (QRY, k, value)
-            dist[start + q + 2] = d
-            occupied[p:p + 3] = occupied[q:q + 3] = True
-            break
+            out[t] = cur
+            cur = self.succ[cur, choices[t]]
+        return np.ascontiguousarray(out.T) + self.offset
 
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """The knobs of the synthetic corpus (conf/data/synthetic.yaml documents each)."""
+    """The knobs of the synthetic corpus (conf/data/synthetic.yaml and docs/data.md document each)."""
 
     n_words: int = 384
     branching: int = 4
     branch_probs: tuple[float, ...] = (0.55, 0.25, 0.12, 0.08)
+    zipf_exponent: float = 1.0
     n_keys: int = 64
     n_values: int = 48
     facts_per_token: float = 1 / 64
+    tables_per_token: float = 0.0
+    table_size: int = 4
+    copies_per_token: float = 0.0
+    copy_len: tuple[int, int] = (4, 12)
     min_distance: int = 4
     distance_dist: str = "loguniform"
+    distance_exponent: float = 1.0
     short_doc_len: float = 0.125
     long_fraction: float = 0.5
     corpus_seed: int = 1234
 
+    def __post_init__(self):
+        def bad(key, allowed):
+            return ValueError(f"config key 'data.{key}': got {getattr(self, key)!r}; allowed: {allowed}")
+
+        if self.min_distance < 3:
+            raise bad("min_distance", "an integer >= 3 (a fact's definition and query must not overlap)")
+        if not 1 <= self.copy_len[0] <= self.copy_len[1]:
+            raise bad("copy_len", "[min, max] with 1 <= min <= max")
+        if self.table_size < 1:
+            raise bad("table_size", "an integer >= 1")
+        if not 0.0 <= self.long_fraction <= 1.0:
+            raise bad("long_fraction", "a number in [0, 1]")
+        for key in ("facts_per_token", "tables_per_token", "copies_per_token"):
+            if getattr(self, key) < 0:
+                raise bad(key, "a rate >= 0")
+        DistanceLaw(self.distance_dist, self.distance_exponent)
+
     @classmethod
     def from_config(cls, data_cfg) -> CorpusSpec:
-        fields = cls.__dataclass_fields__
-        kw = {k: data_cfg[k] for k in fields if k in data_cfg}
-        if "branch_probs" in kw:
-            kw["branch_probs"] = tuple(float(p) for p in kw["branch_probs"])
+        names = {f.name for f in fields(cls)}
+        kw = {k: data_cfg[k] for k in names if k in data_cfg}
+        for key in ("branch_probs", "copy_len"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
         return cls(**kw)
 
     @property
     def vocab(self) -> Vocab:
         return Vocab(self.n_keys, self.n_values, self.n_words)
 
+    @property
+    def law(self) -> DistanceLaw:
+        return DistanceLaw(self.distance_dist, self.distance_exponent)
+
+
+class _Document:
+    """One document being written in place: tracks free positions and places recall items uniformly."""
+
+    TRIES = 16
+
+    def __init__(self, tokens: np.ndarray, rng: np.random.Generator):
+        self.tokens, self.rng = tokens, rng
+        self.occupied = bytearray(len(tokens))  # plain bytes: slicing small blocks is cheaper than numpy
+
+    def place(self, blocks: list[tuple[int, int]]) -> int | None:
+        """An anchor p, uniform over those where every (offset, width) block lies on free positions; or None.
+
+        Random tries first (cheap; accepted tries are uniform over the valid anchors), then an exhaustive scan,
+        so an item is dropped only when no anchor exists, and the distance law is not biased by crowding."""
+        span = max(o + w for o, w in blocks)
+        n_anchor = len(self.tokens) - span + 1
+        if n_anchor <= 0:
+            return None
+        occ = self.occupied
+        for p in self.rng.integers(n_anchor, size=self.TRIES).tolist():
+            if not any(any(occ[p + o:p + o + w]) for o, w in blocks):
+                return p
+        cum = np.concatenate([[0], np.cumsum(np.frombuffer(occ, dtype=np.uint8))])
+        ok = np.ones(n_anchor, dtype=bool)
+        for o, w in blocks:
+            ok &= (cum[o + w:o + w + n_anchor] - cum[o:o + n_anchor]) == 0
+        valid = np.flatnonzero(ok)
+        return int(valid[self.rng.integers(len(valid))]) if len(valid) else None
+
+    def write(self, pos: int, values) -> None:
+        self.tokens[pos:pos + len(values)] = values
+        self.occupied[pos:pos + len(values)] = b"\x01" * len(values)
+
 
 class SyntheticCorpus:
     def __init__(self, spec: CorpusSpec):
         self.spec = spec
         self.vocab = spec.vocab
-        self.filler = MarkovFiller(self.vocab, spec.branching, list(spec.branch_probs), spec.corpus_seed)
+        self.law = spec.law
+        self.filler = MarkovFiller(self.vocab, spec.branching, list(spec.branch_probs), spec.corpus_seed,
+                                   spec.zipf_exponent)
 
     def rng(self, split: str, chunk: int) -> np.random.Generator:
         return np.random.default_rng([self.spec.corpus_seed, SPLITS[split], chunk])
 
-    def sequences(self, split: str, n_seqs: int, context: int, chunk_size: int = 256):
-        """Yield (tokens, dist) chunks of shape [n, context]; deterministic per (split, chunk index)."""
+    def sequences(self, split: str, n_seqs: int, context: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (tokens int64, dist int32) chunks of shape [n, context]; deterministic per (split, chunk)."""
         s = self.spec
-        for c, first in enumerate(range(0, n_seqs, chunk_size)):
-            n = min(chunk_size, n_seqs - first)
+        for c, first in enumerate(range(0, n_seqs, CHUNK)):
+            n = min(CHUNK, n_seqs - first)
             rng = self.rng(split, c)
             tokens = self.filler.sample(rng, n, context)
-            dist = np.zeros_like(tokens, dtype=np.int32)
+            dist = np.zeros(tokens.shape, dtype=np.int32)
             short_len = max(16, int(round(s.short_doc_len * context)))
             for i in range(n):
                 long_doc = rng.random() < s.long_fraction
-                doc_len = context if long_doc else short_len
-                for start in range(0, context, doc_len):
+                start = 0
+                while start < context:
+                    # short documents vary in length (0.5x to 1.5x) so boundaries carry no positional cue
+                    doc_len = context if long_doc else int(rng.integers(short_len // 2, short_len * 3 // 2 + 1))
                     end = min(start + doc_len, context)
                     tokens[i, start] = BOS
-                    n_facts = int(rng.poisson(s.facts_per_token * (end - start)))
-                    if end - start > 3 * s.min_distance:
-                        place_facts(tokens[i], dist[i], start + 1, end, n_facts, self.vocab, rng,
-                                    s.min_distance, s.distance_dist)
+                    self.fill_document(tokens[i, start + 1:end], dist[i, start + 1:end], rng)
+                    start = end
             yield tokens, dist
+
+    def fill_document(self, tokens: np.ndarray, dist: np.ndarray, rng: np.random.Generator) -> None:
+        """Write tables, copied spans and facts into one document's filler (views, edited in place)."""
+        s, v, law = self.spec, self.vocab, self.law
+        length = len(tokens)
+        if length < 2 * s.min_distance:
+            return
+        doc = _Document(tokens, rng)
+        keys = iter(rng.permutation(v.keys))  # keys are unique within a document, so every query is unambiguous
+
+        def pair(key: int, value: int) -> tuple[int, int, int]:
+            return DEF, key, value
+
+        for _ in range(rng.poisson(s.tables_per_token * length)):
+            pairs = [(k, int(rng.integers(v.values.start, v.values.stop))) for k in _take(keys, s.table_size)]
+            if not pairs:
+                break
+            n = len(pairs)
+            # pair j's query must come after the whole table: its distance is at least 3 (n - j)
+            d = [law.sample(rng, max(s.min_distance, 3 * (n - j)), length - 3 - 3 * j) for j in range(n)]
+            queries = sorted((3 * j + d[j], j) for j in range(n))
+            if any(b[0] - a[0] < 3 for a, b in zip(queries, queries[1:], strict=False)):
+                continue  # two queries would overlap; drop the table
+            p = doc.place([(0, 3 * len(pairs))] + [(off, 3) for off, _ in queries])
+            if p is None:
+                continue
+            doc.write(p, [t for k, val in pairs for t in pair(k, val)])
+            for off, j in queries:
+                doc.write(p + off, (QRY, *pairs[j]))
+                dist[p + off + 2] = d[j]
+        for _ in range(rng.poisson(s.copies_per_token * length)):
+            m = int(rng.integers(s.copy_len[0], s.copy_len[1] + 1))
+            d = law.sample(rng, max(s.min_distance, m), length - m)
+            p = doc.place([(0, m), (d, m)])
+            if p is None:
+                continue
+            span = rng.integers(v.words.start, v.words.stop, size=m)
+            doc.write(p, span)
+            doc.write(p + d, span)
+            dist[p + d + 1:p + d + m] = d  # the first copied token is a surprise; the rest follow by copying
+        for _ in range(rng.poisson(s.facts_per_token * length)):
+            key = next(keys, None)
+            if key is None:
+                break
+            value = int(rng.integers(v.values.start, v.values.stop))
+            d = law.sample(rng, s.min_distance, length - 3)
+            p = doc.place([(0, 3), (d, 3)])
+            if p is None:
+                continue
+            doc.write(p, pair(int(key), value))
+            doc.write(p + d, (QRY, int(key), value))
+            dist[p + d + 2] = d
+
+
+def _without(p: np.ndarray, i: int) -> np.ndarray:
+    q = p.copy()
+    q[i] = 0.0
+    return q / q.sum()
+
+
+def _take(it, n: int) -> list[int]:
+    return [int(x) for _, x in zip(range(n), it, strict=False)]

@@ -1,0 +1,318 @@
+"""Long-context eval sets in the style of RULER, plus the paper's probing set, reproducible from
+(language, task, length, seed) alone.
+
+A language says how needles, questions and haystacks are written in token space: `SyntheticLanguage` uses the
+synthetic corpus's own grammar (`DEF key value` needles, `QRY key` questions, Markov-filler haystacks), and
+`TextLanguage` writes RULER's English templates with a real tokenizer. Every task is built by one function
+(`build_sample`): a BOS, the haystack with the needles inserted at their depths (nothing is overwritten), then
+the question, then (for teacher-forced scoring) the answer tokens, exactly `length` tokens in all.
+
+Tasks (`TASKS`):
+  niah_single        one needle in a text haystack (Markov filler / held-out documents / a text file)
+  niah_single_repeat one needle in a repeated-sentence haystack
+  niah_multikey      several needles with distinct keys; one is asked
+  niah_multivalue    one key stated with several values; the answer is every value in order of appearance
+  niah_multiquery    several needles; each is asked in turn, answers in order
+  vt                 variable tracking: `x1 = v, x2 = x1, ...`; the answer is the chain's final value v
+  probe              the paper's probing set: one of 8 fixed candidate values hidden; label 0..7; no answer
+                     tokens in the sequence (a probe reads the last position)
+
+Stored arrays per (task, length) (`EvalSet`):
+  tokens     [n, length]  the samples
+  answer     [n, A]       answer token ids, -1 padded
+  answer_pos [n, A]       where each answer token sits in `tokens` (its logits are at answer_pos - 1); -1
+                          where the answer is not in the sequence (probe, and the `niah` contract set)
+  needle_pos [n, K]       positions of the value tokens of the needles the answer comes from, -1 padded
+  query_pos  [n]          the position whose next-token prediction is the first answer token
+  label      [n]          probe class 0..7 (-1 for other tasks)
+  depth      [n]          depth of the first needle as a fraction of the haystack
+Score by teacher forcing (argmax at answer_pos - 1 equals answer) or by greedy generation from
+tokens[:, :query_pos + 1].
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybridlab.data.synthetic import BOS, DEF, QRY, SPLITS, SyntheticCorpus
+
+TASKS = ("niah_single", "niah_single_repeat", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt",
+         "probe")
+N_NEEDLES = 4  # needles of the multi-key/-value/-query tasks and hops of variable tracking (RULER's defaults)
+N_CLASSES = 8  # the probing set's candidate values
+ARRAYS = ("tokens", "answer", "answer_pos", "needle_pos", "query_pos", "label", "depth")
+
+
+class TooShort(ValueError):
+    """A task's needles and questions do not fit in the requested length."""
+
+
+@dataclass
+class EvalSet:
+    tokens: np.ndarray
+    answer: np.ndarray
+    answer_pos: np.ndarray
+    needle_pos: np.ndarray
+    query_pos: np.ndarray
+    label: np.ndarray
+    depth: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ARRAYS}
+
+
+class SyntheticLanguage:
+    """Needles in the synthetic grammar: single-token keys and values."""
+
+    def __init__(self, corpus: SyntheticCorpus, text_file: str | Path | None = None):
+        self.corpus, self.vocab, self.bos = corpus, corpus.vocab, BOS
+        self.seed = corpus.spec.corpus_seed
+        self.file_tokens = self.encode_text(Path(text_file).read_text(encoding="utf-8")) if text_file else None
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """Any text as filler words: each whitespace word maps to a word id by a stable hash."""
+        words = self.vocab.words
+        return np.array([words.start + zlib.crc32(w.encode()) % len(words) for w in text.split()], dtype=np.int64)
+
+    def keys(self, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+        return [np.array([k]) for k in rng.choice(self.vocab.keys, size=n, replace=False)]
+
+    def values(self, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+        return [np.array([v]) for v in rng.choice(self.vocab.values, size=n, replace=False)]
+
+    def needle(self, key: np.ndarray, value: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
+        """Needle tokens and where its value starts within them."""
+        return np.concatenate([[DEF], key, value]), 1 + len(key)
+
+    def question(self, key: np.ndarray, kind: str) -> np.ndarray:
+        return np.concatenate([[QRY], key])
+
+    def answer(self, value: np.ndarray) -> np.ndarray:
+        return value
+
+    def haystack(self, rng: np.random.Generator, n: int, length: int, kind: str) -> np.ndarray:
+        if kind == "repeat":
+            return _tile(self.corpus.filler.sample(rng, 1, 12)[0], n, length)
+        if self.file_tokens is not None:
+            return _windows(self.file_tokens, rng, n, length)
+        return self.corpus.filler.sample(rng, n, length)
+
+
+class TextLanguage:
+    """RULER's English templates written with a real tokenizer; keys are pronounceable pseudo-words and values
+    7-digit numbers. The text haystack is a token stream (held-out documents or a text file)."""
+
+    NOISE = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+    SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "so", "du", "fa", "gi", "bo", "re", "xu")
+    TEMPLATES = {  # kind: (needle before the value, needle after, question)
+        "fact": (" One of the special magic numbers for {k} is:", ".",
+                 " What is the special magic number for {k} mentioned in the provided text?"
+                 " The special magic number for {k} mentioned in the provided text is:"),
+        "all": (" One of the special magic numbers for {k} is:", ".",
+                " What are all the special magic numbers for {k} mentioned in the provided text?"
+                " The special magic numbers for {k} mentioned in the provided text are:"),
+        "var": (" VAR {k} =", ".", " What is the value of VAR {k}? The value of VAR {k} is:"),
+    }
+
+    def __init__(self, tokenizer, haystack_tokens: np.ndarray, seed: int):
+        if len(haystack_tokens) == 0:
+            raise ValueError("TextLanguage: the text haystack is empty (no held-out documents and no text file)")
+        self.tok, self.bos, self.seed = tokenizer, tokenizer.bos, seed
+        self.stream = np.asarray(haystack_tokens, dtype=np.int64)
+        self.noise = tokenizer.encode(self.NOISE)
+        self._names: dict[tuple, str] = {}
+
+    def _word(self, rng: np.random.Generator) -> str:
+        return "".join(self.SYLLABLES[i] for i in rng.integers(len(self.SYLLABLES), size=3))
+
+    def keys(self, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+        names: list[str] = []
+        while len(names) < n:
+            w = self._word(rng)
+            if w not in names:
+                names.append(w)
+        return [self._remember(w) for w in names]
+
+    def values(self, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+        nums = rng.choice(9_000_000, size=n, replace=False) + 1_000_000
+        return [self._remember(str(v)) for v in nums]
+
+    def _remember(self, text: str) -> np.ndarray:
+        ids = self.tok.encode(" " + text)
+        self._names[tuple(ids.tolist())] = text
+        return ids
+
+    def _text(self, ids: np.ndarray) -> str:
+        return self._names[tuple(np.asarray(ids).tolist())]
+
+    def needle(self, key: np.ndarray, value: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
+        before, after, _ = self.TEMPLATES[kind]
+        head = self.tok.encode(before.format(k=self._text(key)))
+        return np.concatenate([head, value, self.tok.encode(after)]), len(head)
+
+    def question(self, key: np.ndarray, kind: str) -> np.ndarray:
+        return self.tok.encode(self.TEMPLATES[kind][2].format(k=self._text(key)))
+
+    def answer(self, value: np.ndarray) -> np.ndarray:
+        return value
+
+    def haystack(self, rng: np.random.Generator, n: int, length: int, kind: str) -> np.ndarray:
+        if kind == "repeat":
+            return _tile(self.noise, n, length)
+        return _windows(self.stream, rng, n, length)
+
+
+def _tile(unit: np.ndarray, n: int, length: int) -> np.ndarray:
+    return np.tile(unit, (n, length // len(unit) + 1))[:, :length].copy()
+
+
+def _windows(stream: np.ndarray, rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+    """n windows of `length` tokens at random offsets of a stream (cycled when it is shorter)."""
+    if len(stream) < length + 1:
+        stream = np.tile(stream, length // len(stream) + 2)
+    starts = rng.integers(len(stream) - length + 1, size=n)
+    return np.stack([stream[s:s + length] for s in starts])
+
+
+def build_sample(bos: int, haystack: np.ndarray, needles: list[tuple[np.ndarray, int, int]], depths: list[float],
+                 tail: list[tuple[np.ndarray, bool]], length: int) -> dict:
+    """One sample: BOS, the haystack cut to fit with needles inserted at `depths`, then the tail segments.
+
+    needles: (tokens, value_start, value_len) in insertion order (depths ascending); tail: (tokens, is_answer).
+    Returns the tokens and the positions of every needle's value tokens and of every answer token."""
+    budget = length - 1 - sum(len(t) for t, _, _ in needles) - sum(len(t) for t, _ in tail)
+    if budget < 0:
+        raise TooShort(f"eval length {length} is too short for the needles and the question "
+                       f"({length - 1 - budget} tokens)")
+    hay = haystack[:budget]
+    cuts = [int(round(d * budget)) for d in depths]
+    parts, values, prev = [np.array([bos])], [], 0
+    pos = 1
+    for (tokens, v_start, v_len), cut in zip(needles, cuts, strict=True):
+        parts.append(hay[prev:cut])
+        pos += cut - prev
+        values.append(list(range(pos + v_start, pos + v_start + v_len)))
+        parts.append(tokens)
+        pos += len(tokens)
+        prev = cut
+    parts.append(hay[prev:])
+    pos += budget - prev
+    answers = []
+    for tokens, is_answer in tail:
+        if is_answer:
+            answers.extend(range(pos, pos + len(tokens)))
+        parts.append(tokens)
+        pos += len(tokens)
+    out = np.concatenate(parts).astype(np.int64)
+    assert len(out) == length
+    return {"tokens": out, "values": values, "answer_pos": answers}
+
+
+def _rng(lang, task: str, length: int, seed: int) -> np.random.Generator:
+    return np.random.default_rng([lang.seed, SPLITS["eval"], zlib.crc32(task.encode()), length, seed])
+
+
+def probe_candidates(lang) -> list[np.ndarray]:
+    """The 8 candidate values of the probing set, fixed per language (the same at every length)."""
+    return lang.values(np.random.default_rng([lang.seed, SPLITS["probe"]]), N_CLASSES)
+
+
+def make_evalset(lang, task: str, length: int, n_samples: int, seed: int = 0,
+                 depths: list[float] | None = None, include_answer: bool | None = None,
+                 stream: str | None = None) -> EvalSet:
+    """`n_samples` samples of `task` at `length` tokens. Single-needle tasks cycle through `depths`; the others
+    draw their needle depths at random (for variable tracking every hop's value is a needle). `include_answer`
+    defaults to True except for the probing set; `stream` names the random stream (default: the task)."""
+    if task not in TASKS:
+        from hybridlab.config import ConfigError
+
+        raise ConfigError("eval.ruler_tasks", task, ", ".join(TASKS))
+    rng = _rng(lang, stream or task, length, seed)
+    depths = list(depths or [0.1, 0.5, 0.9])
+    with_answer = task != "probe" if include_answer is None else include_answer
+    haystacks = lang.haystack(rng, n_samples, length, "repeat" if task == "niah_single_repeat" else "text")
+    candidates = probe_candidates(lang) if task == "probe" else None
+    samples, labels, first_depth = [], [], []
+    for i in range(n_samples):
+        label = -1
+        if task in ("niah_single", "niah_single_repeat", "probe"):
+            key = lang.keys(rng, 1)[0]
+            if task == "probe":
+                label = int(rng.integers(N_CLASSES))
+                value = candidates[label]
+            else:
+                value = lang.values(rng, 1)[0]
+            facts, kind, depth = [(key, value)], "fact", [depths[i % len(depths)]]
+            asked = [(key, [value])]
+        else:
+            depth = sorted(rng.random(N_NEEDLES).tolist())
+            keys, values = lang.keys(rng, N_NEEDLES), lang.values(rng, N_NEEDLES)
+            if task == "niah_multikey":
+                facts, kind = list(zip(keys, values, strict=True)), "fact"
+                j = int(rng.integers(N_NEEDLES))
+                asked = [(keys[j], [values[j]])]
+            elif task == "niah_multivalue":
+                facts, kind = [(keys[0], v) for v in values], "all"
+                asked = [(keys[0], values)]
+            elif task == "niah_multiquery":
+                facts, kind = list(zip(keys, values, strict=True)), "fact"
+                asked = [(k, [v]) for k, v in zip(keys, values, strict=True)]
+            else:  # vt: x1 = value, x2 = x1, ...; asked for the last variable
+                chain = [values[0], *keys[:-1]]
+                facts, kind = list(zip(keys, chain, strict=True)), "var"
+                asked = [(keys[-1], [values[0]])]
+        needles = []
+        for key, value in facts:
+            tokens, v_start = lang.needle(key, value, kind)
+            needles.append((tokens, v_start, len(value)))
+        tail = []
+        for key, vals in asked:
+            tail.append((lang.question(key, kind), False))
+            if with_answer:
+                tail.extend((lang.answer(v), True) for v in vals)
+        s = build_sample(lang.bos, haystacks[i], needles, depth, tail, length)
+        answer = np.concatenate([lang.answer(v) for _, vals in asked for v in vals])
+        if task == "niah_multikey":
+            s["values"] = [s["values"][j]]
+        query_pos = (s["answer_pos"][0] - 1) if with_answer else length - 1
+        samples.append((s, answer, query_pos))
+        labels.append(label)
+        first_depth.append(depth[0])
+    return _collect(samples, labels, first_depth)
+
+
+def _collect(samples, labels, depths) -> EvalSet:
+    n = len(samples)
+    n_ans = max(len(a) for _, a, _ in samples)
+    n_needle = max(sum(len(v) for v in s["values"]) for s, _, _ in samples)
+    answer = np.full((n, n_ans), -1, dtype=np.int32)
+    answer_pos = np.full((n, n_ans), -1, dtype=np.int32)
+    needle_pos = np.full((n, n_needle), -1, dtype=np.int32)
+    for i, (s, a, _) in enumerate(samples):
+        answer[i, :len(a)] = a
+        answer_pos[i, :len(s["answer_pos"])] = s["answer_pos"]
+        flat = [p for v in s["values"] for p in v]
+        needle_pos[i, :len(flat)] = flat
+    return EvalSet(tokens=np.stack([s["tokens"] for s, _, _ in samples]), answer=answer, answer_pos=answer_pos,
+                   needle_pos=needle_pos, query_pos=np.array([q for _, _, q in samples], dtype=np.int32),
+                   label=np.array(labels, dtype=np.int32), depth=np.array(depths, dtype=np.float64))
+
+
+def load_evalset(folder: str | Path, task: str, length: int, verify: bool = True) -> EvalSet:
+    """One eval set from a prepared data folder, verified against its manifest; tokens as int64."""
+    from hybridlab.data.shards import load_array, read_manifest
+
+    folder = Path(folder)
+    sets = read_manifest(folder).get("evalsets", {})
+    if task not in sets:
+        raise KeyError(f"{folder}: no eval set {task!r}; has {sorted(sets)}")
+    entries = sets[task].get(str(length))
+    if entries is None:
+        raise KeyError(f"{folder}: eval set {task!r} has no length {length}; has {sorted(sets[task], key=int)}")
+    arrays = {k: np.asarray(load_array(folder, e, verify)) for k, e in entries.items()}
+    arrays["tokens"] = arrays["tokens"].astype(np.int64)
+    return EvalSet(**arrays)
