@@ -13,7 +13,8 @@ killed), and signals reach the command directly.
 
 Which GPUs: ``$HYBRIDLAB_GPUS`` (``"0,1"``; empty means none), else the entries of ``$CUDA_VISIBLE_DEVICES``,
 else one per line of ``nvidia-smi -L``. With no GPU, and inside a SLURM job (SLURM already gave the job its
-cards), the command runs unchanged.
+cards), the command runs unchanged. ``$HYBRIDLAB_JOBS_PER_GPU`` (default 1) lets that many jobs share a card,
+spread over the cards first.
 """
 
 from __future__ import annotations
@@ -51,13 +52,16 @@ def default_lock_dir() -> Path:
     )
 
 
-def acquire(gpus: list[str], lock_dir: Path, poll_s: float, timeout_s: float | None) -> tuple[str, int]:
-    """Lock the first free GPU, waiting while all are taken; returns (entry, open locked descriptor)."""
+def acquire(gpus: list[str], lock_dir: Path, poll_s: float, timeout_s: float | None,
+            slots: int = 1) -> tuple[str, int]:
+    """Lock the first free GPU slot, waiting while all are taken; returns (entry, open locked descriptor).
+    `slots` > 1 lets that many jobs share one card (small models that leave a GPU mostly idle)."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        for gpu in gpus:
-            fd = os.open(lock_dir / f"gpu{gpu}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        for slot, gpu in ((k, g) for k in range(slots) for g in gpus):
+            name = f"gpu{gpu}.lock" if slot == 0 else f"gpu{gpu}.slot{slot}.lock"
+            fd = os.open(lock_dir / name, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     gpus = [] if "SLURM_JOB_ID" in env and "HYBRIDLAB_GPUS" not in env else visible_gpus(env)
     if gpus:
         try:
-            gpu, fd = acquire(gpus, args.lock_dir or default_lock_dir(), args.poll, args.timeout)
+            slots = int(env.get("HYBRIDLAB_JOBS_PER_GPU", "1"))
+            gpu, fd = acquire(gpus, args.lock_dir or default_lock_dir(), args.poll, args.timeout, slots)
         except TimeoutError as err:
             print(f"gpu_lock: {err}", file=sys.stderr)
             return 75

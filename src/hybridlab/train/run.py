@@ -76,7 +76,8 @@ def checkpoint_steps(cfg: DictConfig, n_params: int | None = None) -> list[int]:
     log_spaced = log_spaced_checkpoints(steps, int(cfg.train.n_checkpoints), first=max(1, steps // 50))
     budgets = [tokens_to_steps(int(k * n_params), int(cfg.train.batch_size), int(cfg.scale.context))
                for k in cfg.train.budgets_k] if n_params else []
-    return merge_steps(log_spaced, [b for b in budgets if b <= steps])
+    every = list(range(int(cfg.train.ckpt_every), steps + 1, int(cfg.train.ckpt_every))) if cfg.train.ckpt_every else []
+    return merge_steps(log_spaced, every, [b for b in budgets if b <= steps])
 
 
 def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
