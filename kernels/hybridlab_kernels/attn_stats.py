@@ -238,6 +238,32 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# "auto" checks its first Triton call against the reference on the same inputs; a failure or a mismatch
+# switches this process to the reference, with one warning, so an analysis never stops on a kernel problem.
+_AUTO_TRITON = {"checked": False, "ok": True}
+
+
+def _first_auto_call(q: Tensor, k: Tensor, q_pos: Tensor, target: Tensor, kwargs: dict) -> AttnStats:
+    import logging
+
+    log = logging.getLogger("hybridlab")
+    ref = attention_stats_reference(q, k, q_pos, target, **kwargs)
+    _AUTO_TRITON["checked"] = True
+    try:
+        out = attention_stats_triton(q, k, q_pos, target, **kwargs)
+        err = max(float((out.mass - ref.mass).abs().max()), float((out.entropy - ref.entropy).abs().max()))
+    except Exception as e:  # noqa: BLE001 - any kernel failure means: use the reference
+        _AUTO_TRITON["ok"] = False
+        log.warning("attention_stats: Triton kernel failed (%s: %s); using the PyTorch reference", type(e).__name__, e)
+        return ref
+    if not err <= 1e-2:
+        _AUTO_TRITON["ok"] = False
+        log.warning("attention_stats: Triton differs from the reference by %.3g; using the reference", err)
+        return ref
+    log.info("attention_stats: Triton kernel agrees with the reference (max abs diff %.2g)", err)
+    return out
+
+
 def attention_stats(
     q: Tensor,
     k: Tensor,
@@ -256,10 +282,12 @@ def attention_stats(
     LongTensor [H] per head. backend="auto" takes Triton for CUDA tensors of a dtype it supports when Triton
     imports, otherwise the reference.
     """
-    if backend == "auto":
-        use_triton = q.is_cuda and q.dtype in TRITON_DTYPES and triton_available()
-        backend = "triton" if use_triton else "reference"
     kwargs = {"scale": scale, "window": window, "sink": sink}
+    if backend == "auto":
+        use_triton = q.is_cuda and q.dtype in TRITON_DTYPES and triton_available() and _AUTO_TRITON["ok"]
+        if use_triton and not _AUTO_TRITON["checked"]:
+            return _first_auto_call(q, k, q_pos, target, kwargs)
+        backend = "triton" if use_triton else "reference"
     if backend == "triton":
         return attention_stats_triton(q, k, q_pos, target, **kwargs)
     if backend == "reference":

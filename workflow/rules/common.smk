@@ -1,20 +1,21 @@
 # Shared settings: the scale's plan comes from the package's Hydra configs (the one source of truth).
 import os
 import shlex
+import sys
+import sys
 
-from hybridlab.config import ConfigError, scale_plan, variant_names
+from hybridlab.config import ConfigError, check_workflow_config
+from hybridlab.analysis.schemas import RUN_FILES
 from hybridlab.figures import FIGURE_NAMES
 
+# The config is checked before any job starts: the schema, then every run config it implies. A bad value is
+# one line naming the key, the value and what is allowed (sys.exit, not an exception: no traceback).
 try:
-    PLAN = scale_plan(config["scale"], config["overrides"])
+    PLAN = check_workflow_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 except ConfigError as e:
-    raise WorkflowError(f"bad configuration: {e}") from None
-VARIANTS = config["variants"] or PLAN["variants"]
-SEEDS = config["seeds"] or PLAN["seeds"]
+    sys.exit(f"bad configuration: {e}")
+VARIANTS, SEEDS = PLAN["variants"], PLAN["seeds"]
 SIZES = PLAN["sizes"]
-for _v in VARIANTS:
-    if _v not in variant_names():
-        raise WorkflowError(f"config key 'variants': unknown variant {_v!r}; allowed: {', '.join(variant_names())}")
 SCALE = config["scale"]
 RES = f"{config['results_dir']}/{SCALE}"
 PAPER = f"{config['paper_dir']}/{SCALE}"
@@ -22,7 +23,7 @@ PAPER = f"{config['paper_dir']}/{SCALE}"
 COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in config["overrides"])])
 ON_GPU = PLAN.get("accelerator", "cpu") != "cpu"
 # On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs (see the script).
-GPU_WRAP = f"python {workflow.basedir}/workflow/scripts/gpu_lock.py --" if ON_GPU else ""
+GPU_WRAP = f"{sys.executable} {workflow.basedir}/workflow/scripts/gpu_lock.py --" if ON_GPU else ""
 RUN = f"{RES}/runs/{{size}}/{{variant}}/seed{{seed}}"
 
 

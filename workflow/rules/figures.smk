@@ -1,53 +1,117 @@
-# Stage 5: result tables (the only input of figures), every figure, and the replication report.
-TABLE_KINDS = {"eval": "eval.csv", "heads": "heads.csv", "train": "metrics.csv"}
+# Stage 5: result tables (the only input of figures), every figure and table, and the replication report.
+#   figures       the default: tables made by this DAG -> paper/{scale}/
+#   figures_only  rebuild paper/{scale}/ from the tables already in {results_dir}/{scale}/tables/, nothing else
+#                 (`snakemake --cores 1 figures_only --config scale=mini results_dir=results`; `make figures`)
+# Browsable report with every figure, caption and table: `snakemake --report paper/{scale}/snakemake_report.html`
+# (after `figures_only`, name it as the target too: `snakemake figures_only --report ...`).
+import sys
+
+from hybridlab.analysis.schemas import RUN_FILES
+from hybridlab.figures import FIGURES, TABLE_NAMES
+
+# Every per-run table is concatenated into tables/<kind>.csv (train's per-run file is its metrics.csv).
+TABLE_KINDS = {**RUN_FILES, "train": "metrics.csv"}
+TABLES_DIR = f"{RES}/tables"
+# Tables no per-run rule makes; figures use them when present (the Fig. 2 fitted curves).
+OPTIONAL_TABLES = ("scaling_fit",)
+# With figures_only among the targets the rules that make tables are left out, so the tables are plain inputs
+# and nothing upstream (training, evaluation) can be scheduled, whatever the state of the runs folder.
+FIGURES_ONLY = "figures_only" in sys.argv[1:]
 
 
-rule table:
-    input:
-        lambda wc: run_outputs(TABLE_KINDS[wc.kind]),
-    output:
-        f"{RES}/tables/{{kind}}.csv",
-    log:
-        f"{RES}/logs/table_{{kind}}.log",
-    wildcard_constraints:
-        kind="|".join(TABLE_KINDS),
-    conda:
-        "../../envs/hybridlab.yaml"
-    shell:
-        "hybridlab aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
+# The outputs of a figures build (build.py writes exactly these): each figure's PNG for the Snakemake report,
+# with the caption build.py writes beside it, and its PDF; every table as CSV, Markdown and LaTeX; the report
+# as Markdown and self-contained HTML.
+PAPER_OUTPUTS = {
+    **{
+        name: report(
+            f"{PAPER}/figures/{name}.png",
+            caption=os.path.abspath(f"{PAPER}/captions/{name}.rst"),
+            category=category,
+        )
+        for name, category in FIGURES.items()
+    },
+    "pdfs": expand(f"{PAPER}/figures/{{name}}.pdf", name=FIGURES),
+    "captions": expand(f"{PAPER}/captions/{{name}}.rst", name=FIGURES),
+    "tables": report(expand(f"{PAPER}/tables/{{name}}.csv", name=TABLE_NAMES), category="6 Tables"),
+    "table_text": expand(f"{PAPER}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=("md", "tex")),
+    "report": f"{PAPER}/report.md",
+    "html": report(f"{PAPER}/report.html", category="0 Replication report"),
+}
+FIGURES_PARAMS = {
+    "scale": SCALE,
+    "tables": lambda wc, input: os.path.dirname(input.info),
+    "paper": lambda wc, output: os.path.dirname(output.report),
+}
+FIGURES_SHELL = (
+    "hybridlab figures --scale {params.scale} --tables {params.tables} --out {params.paper} > {log} 2>&1"
+)
 
 
-rule describe:
-    output:
-        f"{RES}/tables/info.json",
-    params:
-        common=COMMON,
-    log:
-        f"{RES}/logs/describe.log",
-    conda:
-        "../../envs/hybridlab.yaml"
-    shell:
-        "hybridlab describe --out {output} {params.common} > {log} 2>&1"
+if not FIGURES_ONLY:
+
+    rule table:
+        input:
+            lambda wc: run_outputs(TABLE_KINDS[wc.kind]),
+        output:
+            f"{TABLES_DIR}/{{kind}}.csv",
+        log:
+            f"{RES}/logs/table_{{kind}}.log",
+        wildcard_constraints:
+            kind="|".join(TABLE_KINDS),
+        conda:
+            "../../envs/hybridlab.yaml"
+        shell:
+            "hybridlab aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
+
+    rule describe:
+        output:
+            f"{TABLES_DIR}/info.json",
+        params:
+            common=COMMON,
+        log:
+            f"{RES}/logs/describe.log",
+        conda:
+            "../../envs/hybridlab.yaml"
+        shell:
+            "hybridlab describe --out {output} {params.common} > {log} 2>&1"
 
 
 rule figures:
     input:
-        tables=expand(f"{RES}/tables/{{kind}}.csv", kind=TABLE_KINDS),
-        info=rules.describe.output,
+        tables=expand(f"{TABLES_DIR}/{{kind}}.csv", kind=TABLE_KINDS),
+        info=f"{TABLES_DIR}/info.json",
     output:
-        report(
-            expand(f"{PAPER}/figures/{{name}}.png", name=FIGURE_NAMES),
-            category="Figures",
-        ),
-        expand(f"{PAPER}/figures/{{name}}.pdf", name=FIGURE_NAMES),
-        report=f"{PAPER}/report.md",
+        **PAPER_OUTPUTS,
     params:
-        scale=SCALE,
-        paper=lambda wc, output: os.path.dirname(output.report),
+        **FIGURES_PARAMS,
     log:
         f"{RES}/logs/figures.log",
     conda:
         "../../envs/hybridlab.yaml"
     shell:
-        "hybridlab figures --scale {params.scale} --tables $(dirname {input.info}) --out {params.paper} "
-        "> {log} 2>&1"
+        FIGURES_SHELL
+
+
+rule figures_only:
+    input:
+        tables=[
+            path
+            for path in expand(f"{TABLES_DIR}/{{kind}}.csv", kind=[*TABLE_KINDS, *OPTIONAL_TABLES])
+            if os.path.exists(path)
+        ],
+        info=f"{TABLES_DIR}/info.json",
+    output:
+        **PAPER_OUTPUTS,
+    params:
+        **FIGURES_PARAMS,
+    log:
+        f"{RES}/logs/figures_only.log",
+    conda:
+        "../../envs/hybridlab.yaml"
+    shell:
+        FIGURES_SHELL
+
+
+# The default target's report comes from the full DAG; figures_only is asked for by name.
+ruleorder: figures > figures_only

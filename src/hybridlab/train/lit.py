@@ -7,6 +7,7 @@ restored step, so an interrupted run ends where an uninterrupted one does.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -50,11 +51,14 @@ class StepSampler(Sampler[list[int]]):
             raise ValueError(f"train.batch_size={batch} must be a multiple of micro_batch_size*devices "
                              f"({micro}*{world})")
 
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - a sampler lives for one run; two epochs meet at a boundary
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
     def global_batch(self, step: int) -> np.ndarray:
         idx = np.arange(step * self.batch, (step + 1) * self.batch)
         epochs, pos = idx // self.n, idx % self.n
-        return np.array([np.random.default_rng([self.seed, int(e)]).permutation(self.n)[p]
-                         for e, p in zip(epochs, pos, strict=True)])
+        return np.array([self.permutation(int(e))[p] for e, p in zip(epochs, pos, strict=True)])
 
     def __iter__(self):
         per_rank = self.batch // self.world
