@@ -11,7 +11,7 @@
     hybridlab gradinf      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out gradinf.csv
     hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
     hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--metric M] [--forms F,F] [--alpha-bounds L,H]
-    hybridlab figures      --scale S --tables TABLE_DIR --out PAPER_DIR
+    hybridlab figures      --scale S --tables TABLE_DIR --out PAPER_DIR [--claims CLAIMS.yaml]
 
 User errors (a bad config value, a missing or corrupt file) print one line naming the problem and exit 2.
 Heavy imports (torch) happen inside the subcommands, so `figures` never loads torch.
@@ -200,7 +200,7 @@ def cmd_describe(a) -> None:
 def cmd_figures(a) -> None:
     from hybridlab.figures.build import build_all
 
-    for path in build_all(a.scale, a.tables, a.out):
+    for path in build_all(a.scale, a.tables, a.out, a.claims):
         print(path)
 
 
@@ -250,10 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, run=False)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_describe)
-    p = sub.add_parser("figures", help="every figure and the report from result tables (no torch)")
+    p = sub.add_parser("figures", help="every figure, table and the report from result tables (no torch)")
     p.add_argument("--scale", default="smoke")
-    p.add_argument("--tables", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--tables", required=True, help="a results tables folder (info.json and the CSV tables)")
+    p.add_argument("--out", required=True, help="paper folder: figures/, captions/, tables/, report.md/.html")
+    p.add_argument("--claims", default=None, help="claim thresholds YAML (default: conf/claims/default.yaml)")
     p.set_defaults(fn=cmd_figures)
     return parser
 
