@@ -265,11 +265,27 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # A folder a command reads must exist: name the flag before any work starts.
+    for flag, made_by in (("data", "prepare-data"), ("run", "train"), ("tables", "aggregate")):
+        path = getattr(args, flag, None)
+        if path is not None and not Path(path).is_dir():
+            print(f"hybridlab {args.cmd}: error: --{flag}: got {path!r}; allowed: an existing folder written by "
+                  f"`hybridlab {made_by}`", file=sys.stderr)
+            return 2
     try:
         args.fn(args)
-    except (ConfigError, CorruptFileError, FileNotFoundError) as e:
+    except (ConfigError, CorruptFileError, OSError) as e:  # user errors; a missing, unreadable or full disk
         print(f"hybridlab {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"hybridlab {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # Lightning turns SIGTERM into SystemExit(None): without this the exit code is 0
+        if e.code not in (None, 0):
+            raise
+        print(f"hybridlab {args.cmd}: terminated before finishing; run the same command again to resume",
+              file=sys.stderr)
+        return 143
     return 0
 
 

@@ -1,17 +1,23 @@
 """Atomic file writes and verified reads shared by every stage.
 
-A write goes to a temporary name in the same folder and is renamed into place, so a killed job or a full disk
-never leaves a half-written output under the final name (and an earlier good file stays intact).
+A write goes to a temporary name in the same folder (`.NAME.XXXX.tmp`), is flushed to disk and renamed into
+place, so a killed job or a full disk never leaves a half-written output under the final name (and an earlier
+good file stays intact). A temporary file left by a killed writer is removed by the next write of the same name.
+Reads check what they can: JSON parses, a table is complete (every row has every field, the file ends with a
+newline), has the documented columns and numbers where numbers belong.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import glob
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +30,41 @@ class CorruptFileError(RuntimeError):
         self.path = str(path)
 
 
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it."""
+    """Yield a temporary path beside `path`; on success flush it to disk and rename it over `path`, on failure
+    remove it. An OSError without a file name (ENOSPC from a write) is re-raised naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed writer of this name
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)  # the data is on disk before the name points at it (a crash never leaves an empty file)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync(path.parent)
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
         raise
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        Path(tmp).write_bytes(data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -55,7 +74,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptFileError(path, f"not valid JSON ({e})") from None
 
 
@@ -64,17 +83,44 @@ def write_table(path: str | Path, df: Any) -> None:
     write_bytes(path, df.to_csv(index=False).encode())
 
 
+def _check_complete(path: str | Path) -> None:
+    """A table written by write_table ends with a newline and every row has as many fields as the header;
+    a truncated file fails one or the other (pandas would fill the missing fields with NaN)."""
+    raw = Path(path).read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raise CorruptFileError(path, "truncated table (the last line is incomplete)")
+    try:
+        rows = csv.reader(StringIO(raw.decode(), newline=""))
+        header = next(rows, [])
+        for line, row in enumerate(rows, start=2):
+            if len(row) != len(header):
+                raise CorruptFileError(path, f"line {line} has {len(row)} fields, the header {len(header)}")
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CorruptFileError(path, f"unreadable table ({e})") from None
+
+
+# Columns that hold numbers wherever a documented table has them (analysis/schemas.py; NaN is allowed).
+NUMERIC_COLUMNS = ("seed", "step", "tokens", "layer", "head", "length", "value", "loss", "lr")
+
+
 def read_table(path: str | Path, columns: list[str] | tuple[str, ...]) -> Any:
-    """Read a CSV result table and check it has the documented columns."""
+    """Read a CSV result table and check it is complete, has the documented columns and holds numbers in
+    NUMERIC_COLUMNS (text there means an altered or garbled file)."""
     import pandas as pd
 
+    _check_complete(path)
     try:
         df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise CorruptFileError(path, f"unreadable table ({e})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise CorruptFileError(path, f"missing columns {missing}; has {list(df.columns)}")
+    for col in (c for c in NUMERIC_COLUMNS if c in df.columns):
+        bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise CorruptFileError(path, f"column {col!r} must hold numbers; line {i + 2} has {df[col].iloc[i]!r}")
     return df
 
 

@@ -2,7 +2,6 @@
 import os
 import shlex
 import sys
-import sys
 
 from hybridlab.config import ConfigError, check_workflow_config
 from hybridlab.analysis.schemas import RUN_FILES

@@ -1,0 +1,204 @@
+"""Interruptions never lose work or give wrong results.
+
+- A training run killed with SIGKILL at 5 random points (and then sent SIGTERM and SIGINT, as SLURM and Ctrl-C
+  do) and resumed each time by re-running the same command ends bit-equal to an uninterrupted run: every
+  trajectory checkpoint tensor and every metrics row (step, tokens, loss, lr). After each kill, every file under
+  a final name is complete; a killed writer's temporary file is removed by the next write of that name.
+- Snakemake killed mid-DAG (SIGKILL to its whole process group, right after the first training job finished):
+  the rerun executes exactly the jobs that had not finished, and the killed training resumes from its
+  last.ckpt. Recovery after a crash: `snakemake --unlock` (a killed Snakemake leaves its lock), then
+  `snakemake --cores N --rerun-incomplete` (Snakemake marks the outputs of jobs that were running as incomplete;
+  our outputs are written atomically, so an output under its final name is never partial, and
+  --rerun-incomplete re-runs only those jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hybridlab.io import read_json, read_table
+
+from .helpers import BIN, ENV, REPO, TINY, fork_cli, run_cli, train_argv
+
+STEPS = 24
+KILL_RUN = ("train.steps=24", "train.last_every=2")  # a resumable last.ckpt every 2 steps
+METRIC_KEYS = ["step", "tokens", "loss", "lr"]  # tokens_per_s and mfu are timings
+
+
+def saved_step(last: Path) -> int | None:
+    """The global step stored in last.ckpt, or None if there is none yet."""
+    if not last.exists():
+        return None
+    return int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
+
+
+def assert_final_names_complete(run: Path) -> list[Path]:
+    """Every file under its final name loads; return the temporary files a killed writer left."""
+    temps = []
+    for path in run.rglob("*"):
+        if path.is_dir():
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            temps.append(path)
+        elif path.suffix in (".pt", ".ckpt"):
+            torch.load(path, map_location="cpu", weights_only=True)
+        elif path.suffix == ".json":
+            read_json(path)
+        elif path.suffix == ".csv":
+            read_table(path, [])
+        elif path.suffix == ".npy":
+            np.load(path)
+    return temps
+
+
+def interrupt(argv: list[str], run: Path, log: Path, sig: int, after_step: int, delay: float) -> tuple[int, int]:
+    """Start `hybridlab train`, wait until last.ckpt holds `after_step` (0: don't wait), sleep `delay`, send
+    `sig`. Returns (step resumed from, step saved when it died)."""
+    last = run / "last.ckpt"
+    resumed = saved_step(last) or 0
+    proc = fork_cli(argv, log)
+    seen, deadline = None, time.monotonic() + 300
+    while after_step > 0:
+        assert proc.is_alive(), f"the run ended before the interruption at step {after_step}: {log.read_text()}"
+        assert time.monotonic() < deadline
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp != seen:
+            seen = stamp
+            if (saved_step(last) or 0) >= after_step:
+                break
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.kill(proc.pid, sig)
+    proc.join(120)
+    assert proc.exitcode is not None and proc.exitcode != 0, f"signal {sig}: exit code {proc.exitcode}"
+    assert not (run / "train_done.json").exists(), "an interrupted run was marked done"
+    return resumed, saved_step(last) or 0
+
+
+def checkpoints(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {p.name: torch.load(p, map_location="cpu", weights_only=True)["model"]
+            for p in sorted((run / "ckpt").glob("tokens_*.pt"))}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_is_bit_equal(tmp_path, tiny_data):
+    argv_ref = train_argv(tiny_data, tmp_path / "ref", "swa128", 0, *KILL_RUN)
+    assert run_cli(argv_ref, tmp_path / "ref.log") == 0
+
+    run = tmp_path / "killed"
+    argv = train_argv(tiny_data, run, "swa128", 0, *KILL_RUN)
+    rng = random.Random(10)  # seeded: the same 5 kill points on every run of the test
+    points = sorted(rng.sample(range(0, STEPS - 8, 2), 5))
+    faults = [(signal.SIGKILL, p, rng.uniform(0.0, 0.3)) for p in points]
+    faults += [(signal.SIGTERM, points[-1] + 2, 0.05), (signal.SIGINT, points[-1] + 4, 0.05)]
+    history, temps_seen = [], 0
+    for i, (sig, after, delay) in enumerate(faults):
+        resumed, died = interrupt(argv, run, tmp_path / f"session{i}.log", sig, after, delay)
+        history.append((sig.name, resumed, died))
+        temps_seen += len(assert_final_names_complete(run))
+    assert len({resumed for _, resumed, _ in history}) >= 4, history  # resumed from varied steps
+    assert run_cli(argv, tmp_path / "final.log") == 0
+
+    ref, got = checkpoints(tmp_path / "ref"), checkpoints(run)
+    assert got.keys() == ref.keys() and len(ref) >= 3
+    for name in ref:
+        assert ref[name].keys() == got[name].keys()
+        for key in ref[name]:
+            assert torch.equal(ref[name][key], got[name][key]), (name, key, history)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ref" / "metrics.csv")[METRIC_KEYS],
+                                  pd.read_csv(run / "metrics.csv")[METRIC_KEYS])
+    assert list(pd.read_csv(run / "metrics.csv")["step"]) == list(range(1, STEPS + 1))
+    assert assert_final_names_complete(run) == [], "a killed writer's temporary file was never cleaned up"
+    print(f"interruptions (signal, resumed from step, saved step at death): {history}; "
+          f"temporary files seen after kills: {temps_seen}")
+
+
+# --- Snakemake killed mid-DAG ----------------------------------------------------------------------------------
+
+SMK_CONFIG = {"results_dir": "results", "paper_dir": "paper", "variants": ["full", "swa128"], "seeds": [0],
+              "overrides": [*TINY, "train.steps=16", "train.last_every=2"]}
+
+
+def job_counts(log: str) -> Counter:
+    """The 'Job stats' table Snakemake prints before it runs (or, with -n, would run) anything."""
+    block = log[log.index("Job stats:"):]
+    counts = Counter()
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m or m.group(1) == "total":
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def finished_jobs(log: str) -> Counter:
+    return Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log))
+
+
+# The target: the evaluation table. Its DAG (data, two trainings, two evaluations, one table) is the part of the
+# pipeline this test is about, and stays small while analyses are added to the full DAG.
+TARGET = "results/smoke/tables/eval.csv"
+
+
+def smk_cmd(work: Path, *args: str) -> list[str]:
+    return [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+            "--configfile", str(work / "test_config.yaml"), "--cores", "2", *args, TARGET]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_snakemake_killed_mid_dag_reruns_only_unfinished_jobs(tmp_path):
+    work = tmp_path
+    (work / "test_config.yaml").write_text(json.dumps(SMK_CONFIG))  # JSON is YAML
+    full = job_counts(subprocess.run(smk_cmd(work, "-n"), capture_output=True, text=True, env=ENV).stdout)
+    assert full["train"] == 2, full
+
+    log = work / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(smk_cmd(work), stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=work,
+                                start_new_session=True)  # its own process group: the kill reaches every job
+    deadline = time.monotonic() + 900
+    while "(Rule: train)" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = log.read_text()
+    done = finished_jobs(first)
+    assert done["train"] == 1, first
+
+    # Nothing under a final name is partial: every table, JSON and checkpoint that exists reads back.
+    results = work / "results"
+    for run in (results / "smoke" / "runs").glob("*/*/seed*"):
+        assert_final_names_complete(run)
+    assert_final_names_complete(results / "smoke" / "data")
+
+    plan = subprocess.run(smk_cmd(work, "-n", "--rerun-incomplete"), capture_output=True, text=True, env=ENV)
+    todo = job_counts(plan.stdout)
+    assert todo == full - done, (todo, full, done)  # exactly the jobs that had not finished
+    assert "prepare_data" not in todo and todo["train"] == 1
+
+    # A SIGKILL leaves Snakemake's lock behind: unlock (the documented step), then rerun.
+    assert subprocess.run(smk_cmd(work, "--unlock"), capture_output=True, env=ENV).returncode == 0
+    rerun = subprocess.run(smk_cmd(work, "--rerun-incomplete"), capture_output=True, text=True, env=ENV)
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out
+    assert finished_jobs(out) == todo, out
+    resumed = [p for p in (results / "smoke" / "logs").glob("train_*.log") if "Restored all states" in p.read_text()]
+    assert len(resumed) == 1, "the killed training did not resume from its last.ckpt"
+    table = read_table(work / TARGET, ["variant", "seed", "step", "metric", "value"])
+    assert set(table["variant"]) == {"full", "swa128"} and table.groupby("variant")["step"].max().tolist() == [16, 16]
