@@ -53,7 +53,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         _fsync(tmp)  # the data is on disk before the name points at it (a crash never leaves an empty file)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        with contextlib.suppress(OSError):  # the rename on disk too; best effort (some file systems refuse)
+            _fsync(path.parent)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
