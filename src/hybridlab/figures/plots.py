@@ -14,6 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from hybridlab.figures.style import save, setup, variant_order, variant_palette
 from hybridlab.figures.tables import NoData, at_context, efficient_windows, final, layer_roles, metric_rows
@@ -312,7 +313,7 @@ def fig_onset(onsets: pd.DataFrame, out_dir, source: str) -> list[Path]:
         ax.plot(range(len(variants)), y.values, marker="o", label=f"seed {seed}")
     ax.axhline(never, color="grey", ls=":", lw=1)
     ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
-    ticks = [t for t in ax.get_yticks() if 0 <= t <= top * 1.1]
+    ticks = [t for t in MaxNLocator(nbins=5).tick_values(0, top) if 0 <= t <= top * 1.1]
     ax.set_yticks([*ticks, never], [f"{t:,.0f}" for t in ticks] + ["never formed"])
     ax.set_ylim(0, never * 1.08)
     ax.set_ylabel("onset (training tokens)")
