@@ -197,6 +197,23 @@ def cmd_describe(a) -> None:
           f"at {plan.get('assumed_mfu', 0.35):.0%} MFU -> {a.out}")
 
 
+def cmd_benchmark(a) -> None:
+    import pandas as pd
+
+    from hybridlab.train.benchmark import COLUMNS, benchmark
+
+    rows = []
+    for size in a.sizes:
+        for variant in a.variants:
+            row = benchmark(variant, size, a.context, a.batch, a.steps, compile=a.compile)
+            rows.append(row)
+            print({k: row.get(k) for k in ("variant", "size", "tokens_per_s", "mfu", "peak_mem_gb", "status")},
+                  flush=True)
+            if a.out:  # after every row: a run cut short keeps what it measured
+                _write(a, pd.DataFrame(rows, columns=list(COLUMNS)))
+    print(pd.DataFrame(rows, columns=list(COLUMNS)).to_markdown(index=False, floatfmt=".3g"))
+
+
 def cmd_figures(a) -> None:
     from hybridlab.figures.build import build_all
 
@@ -250,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, run=False)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_describe)
+    p = sub.add_parser("benchmark", help="training throughput (tokens/s, MFU, memory) on this device")
+    p.add_argument("--variants", nargs="+", default=["full", "swa128"])
+    p.add_argument("--sizes", nargs="+", default=["S1"])
+    p.add_argument("--context", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", default=None, help="CSV to write")
+    p.set_defaults(fn=cmd_benchmark)
     p = sub.add_parser("figures", help="every figure, table and the report from result tables (no torch)")
     p.add_argument("--scale", default="smoke")
     p.add_argument("--tables", required=True, help="a results tables folder (info.json and the CSV tables)")
