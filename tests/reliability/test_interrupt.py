@@ -144,6 +144,19 @@ def job_counts(log: str) -> Counter:
     return counts
 
 
+def live_members(pgid: int) -> list[int]:
+    """Processes of a process group that are still running (zombies excluded), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def finished_jobs(log: str) -> Counter:
     return Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log))
 
@@ -177,6 +190,8 @@ def test_snakemake_killed_mid_dag_reruns_only_unfinished_jobs(tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(0.5)
+    assert live_members(proc.pid) == [], "a job of the killed Snakemake kept running"
     first = log.read_text()
     done = finished_jobs(first)
     assert done["train"] == 1, first
