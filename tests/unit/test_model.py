@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from hybridlab.config import variant_names
 from hybridlab.models import Receptive, build_model
 
 VOCAB = 101
 
 
-@pytest.fixture(params=["full", "swa128", "swa2048", "swa128_nope"])
+@pytest.fixture(params=variant_names())
 def model(request, smoke_cfg):
     torch.manual_seed(0)
     return build_model(smoke_cfg(request.param), VOCAB).eval()
@@ -34,8 +35,16 @@ def test_incremental_decoding_matches_full_forward(model):
 
 
 def test_receptive_constraint_at_full_length_is_identity(model):
+    # Recurrent mixers' short convolutions reach conv_size - 1 tokens beyond their window, hence the margin.
     x = torch.randint(0, VOCAB, (1, 32))
-    torch.testing.assert_close(model(x, receptive=Receptive(full=32, efficient=32)), model(x))
+    torch.testing.assert_close(model(x, receptive=Receptive(full=40, efficient=40)), model(x))
+
+
+def test_variants_of_one_size_are_parameter_matched(smoke_cfg):
+    full = build_model(smoke_cfg("full"), VOCAB).non_embedding_params()
+    for name in variant_names():
+        n = build_model(smoke_cfg(name), VOCAB).non_embedding_params()
+        assert abs(n - full) / full < 0.02, (name, n, full)
 
 
 def test_receptive_constraint_limits_full_layers(smoke_cfg):

@@ -61,3 +61,24 @@ def test_different_seeds_differ(tmp_path, data_dir, smoke_cfg):
         train(smoke_cfg("full", seed, *TINY, "train.steps=4"), data_dir, tmp_path / str(seed))
     a, b = final_weights(tmp_path / "0"), final_weights(tmp_path / "1")
     assert not torch.equal(a["embed.weight"], b["embed.weight"])
+
+
+def test_nan_guard_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, data_dir, smoke_cfg, monkeypatch):
+    from hybridlab.models.hybrid import HybridLM
+    from hybridlab.train.lit import NonFiniteLossError
+
+    calls = {"n": 0}
+    forward = HybridLM.forward
+
+    def poisoned(self, *args, **kw):
+        calls["n"] += 1
+        out = forward(self, *args, **kw)
+        return out * float("nan") if calls["n"] > 8 else out  # micro-batches 9+ (steps 5+) go non-finite
+
+    monkeypatch.setattr(HybridLM, "forward", poisoned)
+    run = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="at step 4"):
+        train(smoke_cfg("full", 0, *TINY, "train.steps=8", "train.last_every=2"), data_dir, run)
+    good = torch.load(run / "last.ckpt", weights_only=True)
+    assert good["global_step"] == 4
+    assert not (run / "train_done.json").exists()
