@@ -2,15 +2,15 @@
 # Stages (one file each under workflow/rules/): data -> train -> evaluate / analyze -> tables -> figures + report.
 # Default target: the report of the configured scale (smoke unless --config scale=...).
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: f"{workflow.basedir}/config/config.yaml"
 
-
-validate(config, "workflow/schemas/config.schema.yaml")
+# The config is checked against workflow/schemas/config.schema.yaml at the top of common.smk, with one-line
+# errors, before any rule is defined.
 
 
 include: "workflow/rules/common.smk"

@@ -157,8 +157,6 @@ def test_snakemake_schema_rejects(smk_results, name, key, value):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Snakefile (lead): its `validate(config, schema)` runs before common.smk "
-                   "and prints the whole schema and config; drop it, common.smk checks the same schema in one line")
 @pytest.mark.parametrize(("name", "key", "value"), [(c[0], c[2], c[3]) for c in SMK_SCHEMA_CASES],
                          ids=[c[0] for c in SMK_SCHEMA_CASES])
 def test_snakemake_schema_errors_are_one_line(smk_results, name, key, value):
@@ -174,8 +172,6 @@ def test_snakemake_accepts_seeds_from_the_command_line(smk_results):
     assert "seed0" in proc.stdout + proc.stderr and "seed1" in proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="models (lead): hybridlab/models/__init__.py imports hybrid.py (torch), so "
-                   "validating a layout imports torch: +3-5 s for every CLI error and every Snakemake parse")
 def test_config_validation_imports_no_torch():
     code = "import sys; from hybridlab.config import load_config; load_config(); assert 'torch' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)

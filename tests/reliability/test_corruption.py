@@ -96,9 +96,6 @@ def test_damaged_checkpoint_stops_evaluation(tmp_path, data, run, damage, capsys
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="train/lit.py save_weights + evals/checkpoints.py load_checkpoint: a "
-                   "checkpoint has no checksum, so an altered tensor byte loads silently (proposal: an in-file "
-                   "sha256 of the tensors, verified on load)")
 def test_altered_checkpoint_tensor_is_detected(tmp_path, data, run, capsys):
     ckpt = sorted((run / "ckpt").glob("tokens_*.pt"))[0]
     flip_tensor_byte(ckpt)
@@ -106,8 +103,6 @@ def test_altered_checkpoint_tensor_is_detected(tmp_path, data, run, capsys):
     assert_rejected(evaluate_argv(data, run, tmp_path / "eval.csv"), ckpt, capsys)
 
 
-@pytest.mark.xfail(strict=True, reason="evals/checkpoints.py: evaluate/analyze read the checkpoints of a run that "
-                   "never finished (no train_done.json) and write a table that looks complete")
 def test_unfinished_run_is_not_evaluated(tmp_path, data, run, capsys):
     (run / "train_done.json").unlink()
     out = tmp_path / "eval.csv"
@@ -130,17 +125,12 @@ def test_truncated_last_ckpt_never_resumes(tmp_path, tiny_data, run):
     assert rc != 0 and not (run / "train_done.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="train/run.py: a truncated last.ckpt fails inside Lightning's restore with "
-                   "a RuntimeError traceback (exit 1) that does not name the file")
 def test_truncated_last_ckpt_is_named(tiny_data, run, capsys):
     last = unfinished(run)
     truncate(last)
     assert_rejected(train_argv(tiny_data, run, "swa128", 0, "train.steps=12"), last, capsys)
 
 
-@pytest.mark.xfail(strict=True, reason="train/lit.py: last.ckpt has no checksum, so an altered tensor byte is "
-                   "resumed from silently (proposal: a sha256 of the state in on_save_checkpoint, checked in "
-                   "on_load_checkpoint)")
 def test_altered_last_ckpt_is_detected(tmp_path, tiny_data, run):
     flip_tensor_byte(unfinished(run))
     rc = run_cli(train_argv(tiny_data, run, "swa128", 0, "train.steps=12"), tmp_path / "train.log")
@@ -183,8 +173,6 @@ def test_damaged_table_stops_aggregation(tmp_path, eval_table, damage, capsys):
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="train/run.py: data prepared for another context raises a bare ValueError "
-                   "(traceback, exit 1); a ConfigError('scale.context', ...) would name key, value and the folder's")
 def test_data_for_another_context_is_a_config_error(tmp_path, tiny_data, capsys):
     argv = [a for a in train_argv(tiny_data, tmp_path / "run", "full", 0, "train.steps=2") if "scale.context" not in a]
     assert main(argv) == 2  # the folder holds context-128 sequences, the run wants the smoke scale's 256

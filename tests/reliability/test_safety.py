@@ -56,8 +56,6 @@ def test_pickled_object_in_a_checkpoint_is_refused(tmp_path, trained_run):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="evals/checkpoints.py load_checkpoint does not catch pickle.UnpicklingError "
-                   "(weights_only's refusal), so evaluate ends in a traceback instead of naming the file")
 def test_pickled_object_in_a_checkpoint_is_named(tmp_path, tiny_data, trained_run, capsys):
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))
     ckpt = sorted((run / "ckpt").glob("tokens_*.pt"))[0]

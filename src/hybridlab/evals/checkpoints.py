@@ -6,11 +6,17 @@ from pathlib import Path
 
 import torch
 
+from hybridlab.digest import load_verified
 from hybridlab.io import CorruptFileError
 from hybridlab.models import HybridLM, build_model
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's trajectory checkpoints, oldest first; only of a run that finished (train_done.json), so an
+    interrupted run never yields a table that looks complete."""
+    done = Path(run_dir) / "train_done.json"
+    if not done.exists():
+        raise FileNotFoundError(f"{done}: missing; the run has not finished training (re-run the train stage)")
     paths = sorted((Path(run_dir) / "ckpt").glob("tokens_*.pt"))
     if not paths:
         raise FileNotFoundError(f"{run_dir}/ckpt: no checkpoints; run the train stage first")
@@ -18,12 +24,13 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path, model: HybridLM) -> dict:
-    """Load weights into `model` (weights_only: no code from the file runs); return step and tokens."""
+    """Load weights into `model` (weights_only: no code from the file runs; the tensors' checksum must match);
+    return step and tokens."""
+    blob = load_verified(path, covered=("model",))
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["model"])
-    except (RuntimeError, KeyError, EOFError, ValueError) as e:
-        raise CorruptFileError(path, f"unreadable checkpoint ({type(e).__name__}: {e})") from None
+    except (RuntimeError, KeyError) as e:
+        raise CorruptFileError(path, f"checkpoint does not fit the model ({type(e).__name__}: {e})") from None
     return {"step": int(blob["step"]), "tokens": int(blob["tokens"])}
 
 

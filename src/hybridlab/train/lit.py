@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hybridlab.digest import DIGEST_KEY, tensor_digest
 from hybridlab.io import atomic_path
 from hybridlab.models import HybridLM
 
@@ -22,6 +23,10 @@ try:
     import lightning.pytorch as pl
 except ImportError:  # the GPU image ships the standalone package
     import pytorch_lightning as pl
+
+
+# The parts of last.ckpt its checksum covers: weights and optimizer state (what a flipped byte would corrupt).
+RESUME_COVERED = ("state_dict", "optimizer_states")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,6 +101,9 @@ class LitLM(pl.LightningModule):
                 "(lower train.lr or enable train.grad_clip)")
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[DIGEST_KEY] = tensor_digest({k: checkpoint.get(k) for k in RESUME_COVERED})
 
     def configure_optimizers(self):
         t = self.cfg.train
@@ -182,7 +190,7 @@ def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
     path = folder / ckpt_name(tokens)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"model": state, "step": step, "tokens": tokens}, tmp)
+        torch.save({"model": state, "step": step, "tokens": tokens, DIGEST_KEY: tensor_digest({"model": state})}, tmp)
     return path
 
 

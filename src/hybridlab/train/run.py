@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.io import read_json, write_json, write_table
 from hybridlab.models import build_model
-from hybridlab.train.lit import LitLM, RunRecorder, TrainData, pl
+from hybridlab.digest import load_verified
+from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, pl
 from hybridlab.train.schedule import log_spaced_checkpoints, merge_steps, tokens_to_steps
 
 log = logging.getLogger("hybridlab")
@@ -89,7 +90,10 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(data_dir)
     if manifest["context"] != cfg.scale.context:
-        raise ValueError(f"{data_dir}: prepared for context {manifest['context']}, run wants {cfg.scale.context}")
+        from hybridlab.config import ConfigError
+
+        raise ConfigError("scale.context", cfg.scale.context, f"{manifest['context']} (the context {data_dir} was "
+                          "prepared for)")
     tokens, _ = load_split(data_dir, "train")
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg, manifest["vocab_size"])
@@ -105,7 +109,11 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
                            int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)))
     lit = LitLM(torch.compile(model) if t.compile else model, cfg)
     lit.model = model  # checkpoints and analyses use the plain module
+    last = run_dir / "last.ckpt"
+    if last.exists():  # refuse a damaged resume point here, naming it, rather than deep inside Lightning
+        load_verified(last, covered=RESUME_COVERED)
     write_json(run_dir / "provenance.json", provenance(cfg))
+    warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
     trainer = pl.Trainer(
         max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
         precision=precision, gradient_clip_val=float(t.grad_clip) or None,
@@ -114,7 +122,6 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         enable_progress_bar=os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0",
     )
-    last = run_dir / "last.ckpt"
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
