@@ -24,9 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hybridlab.data.shards import load_split, read_manifest
+from hybridlab.digest import load_verified
 from hybridlab.io import read_json, write_json, write_table
 from hybridlab.models import build_model
-from hybridlab.digest import load_verified
 from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, pl
 from hybridlab.train.schedule import log_spaced_checkpoints, merge_steps, tokens_to_steps
 
