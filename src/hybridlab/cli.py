@@ -3,6 +3,7 @@
     hybridlab list {variants,scales}
     hybridlab prepare-data --scale S --out DATA_DIR [hydra overrides...]
     hybridlab train        --scale S --variant V --seed N --data DATA_DIR --out RUN_DIR [overrides...]
+    hybridlab train-branch --scale S --variant V --seed N --data DATA_DIR --stable RUN_DIR --budget K --out DIR
     hybridlab evaluate     --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out eval.csv
     hybridlab receptive    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out receptive.csv
     hybridlab analyze      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out heads.csv
@@ -60,6 +61,13 @@ def cmd_train(a) -> None:
 
     s = train(_cfg(a), a.data, a.out)
     print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
+
+
+def cmd_train_branch(a) -> None:
+    from hybridlab.train.run import train_branch
+
+    s = train_branch(_cfg(a), a.data, a.stable, a.budget, a.out)
+    print(f"branch k={a.budget} of {a.stable}: {s['steps']} steps, {s['tokens']} tokens")
 
 
 def _write(a, df, path: str | None = None) -> None:
@@ -152,7 +160,10 @@ def cmd_aggregate(a) -> None:
     frames = []
     for path in a.inputs:
         df = read_table(path, TABLE_COLUMNS[a.kind])
-        run = Path(path).parent  # per-run tables live in runs/<size>/<variant>/seed<N>/
+        run = Path(path).parent  # per-run tables live in runs/<size>/<variant>/seed<N>/[budget<k>/]
+        if run.name.startswith("budget"):
+            df.insert(0, "budget_k", float(run.name.removeprefix("budget")))
+            run = run.parent
         if a.kind == "train":
             df.insert(0, "seed", int(run.name.removeprefix("seed")))
             df.insert(0, "variant", run.parent.name)
@@ -170,7 +181,7 @@ def cmd_describe(a) -> None:
     from hybridlab.data.synthetic import CorpusSpec
     from hybridlab.io import write_json
     from hybridlab.models import build_model
-    from hybridlab.train.run import resolve_budget
+    from hybridlab.train.run import branch_plan, resolve_budget
 
     plan = scale_plan(a.scale, a.overrides)
     layouts, runs = {}, []
@@ -186,7 +197,9 @@ def cmd_describe(a) -> None:
             n = model.non_embedding_params()
             cfg = resolve_budget(cfg, n)
             t = cfg.train
-            flops = 3 * model.flops_per_sequence(int(cfg.scale.context)) * int(t.batch_size) * int(t.steps)
+            # The stable run plus the decay steps of every budget branch below its own end (WSD grid).
+            steps = int(t.steps) + sum(b.decay_steps for b in branch_plan(cfg, n) if b.end_step < int(t.steps))
+            flops = 3 * model.flops_per_sequence(int(cfg.scale.context)) * int(t.batch_size) * steps
             mfu, peak = plan.get("assumed_mfu", 0.35), plan.get("peak_tflops", 989) * 1e12
             runs.append({"size": size, "variant": v, "non_embedding_params": n, "steps": int(t.steps),
                          "tokens": int(t.steps) * int(t.batch_size) * int(cfg.scale.context),
@@ -245,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
             for kind in ANALYZE_EXTRA:
                 p.add_argument(f"--{kind}", help=f"also write the {kind} table here")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("train-branch", help="one WSD decay branch of the scaling grid, forked from a stable run")
+    _run_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--stable", required=True, help="the stable run's folder")
+    p.add_argument("--budget", type=float, required=True, help="k of the budget D = k*N (one of train.budgets_k)")
+    p.add_argument("--out", required=True, help="branch folder")
+    p.set_defaults(fn=cmd_train_branch)
     p = sub.add_parser("scaling-fit", help="fit L(N, D) = B/N^alpha + C/D^beta [+ E] to scaling tables")
     p.add_argument("--table", nargs="+", required=True,
                    help="TSV/CSV of (size, N, D, loss), a tidy table with N, or the pipeline's eval.csv")

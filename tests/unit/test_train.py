@@ -82,3 +82,31 @@ def test_nan_guard_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, data
     good = torch.load(run / "last.ckpt", weights_only=True)
     assert good["global_step"] == 4
     assert not (run / "train_done.json").exists()
+
+
+def test_wsd_branch_equals_an_independent_run_of_that_length(tmp_path, data_dir, smoke_cfg):
+    """A decay branch forked from the stable run ends exactly on its budget and equals a WSD run trained to that
+    budget from scratch (same data stream, same schedule): the branch saves the stable phase, not accuracy."""
+    from hybridlab.train.run import branch_plan, train_branch
+
+    wsd = [*TINY, "train.schedule=wsd", "train.decay_frac=0.5", "train.warmup_steps=2"]
+    grid = smoke_cfg("swa128", 0, *wsd, "train.budget_k=0.04", "train.budgets_k=[0.02,0.04]")
+    stable = tmp_path / "stable"
+    summary = train(grid, data_dir, stable)
+    n = summary["non_embedding_params"]
+    plan = branch_plan(grid, n)
+    assert [b.end_step for b in plan] == [5, 9] and [b.fork_step for b in plan] == [3, 5]
+    assert summary["steps"] == 9 and (stable / "forks" / "step_00000003.ckpt").exists()
+
+    branch = train_branch(grid, data_dir, stable, 0.02, tmp_path / "budget0.02")
+    assert branch["steps"] == 5 and branch["tokens"] >= int(0.02 * n) > branch["tokens"] - 4 * 256
+    alone = tmp_path / "alone"
+    train(smoke_cfg("swa128", 0, *wsd, "train.steps=5"), data_dir, alone)
+    a, b = final_weights(alone), final_weights(tmp_path / "budget0.02")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lr = pd.read_csv(tmp_path / "budget0.02" / "metrics.csv")["lr"]
+    assert lr.iloc[-1] == pytest.approx(0.1 * 3e-3)  # the decay reaches final_lr_ratio * lr exactly at the budget
+
+    top = train_branch(grid, data_dir, stable, 0.04, tmp_path / "budget0.04")  # the stable run's own end
+    assert top["steps"] == 9 and torch.equal(final_weights(stable)["embed.weight"],
+                                             final_weights(tmp_path / "budget0.04")["embed.weight"])

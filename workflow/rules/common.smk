@@ -3,7 +3,7 @@ import os
 import shlex
 import sys
 
-from hybridlab.config import ConfigError, check_workflow_config
+from hybridlab.config import ConfigError, check_workflow_config, load_config
 from hybridlab.analysis.schemas import RUN_FILES
 from hybridlab.figures import FIGURE_NAMES
 
@@ -24,6 +24,20 @@ ON_GPU = PLAN.get("accelerator", "cpu") != "cpu"
 # On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs (see the script).
 GPU_WRAP = f"{sys.executable} {workflow.basedir}/workflow/scripts/gpu_lock.py --" if ON_GPU else ""
 RUN = f"{RES}/runs/{{size}}/{{variant}}/seed{{seed}}"
+# The WSD scaling grid: one decay branch per budget point (train.budgets_k, schedule wsd); none at smoke/mini.
+_CFG = load_config(SCALE, VARIANTS[0], SEEDS[0], config["overrides"])
+BUDGETS = [str(k) for k in _CFG.train.budgets_k] if _CFG.train.schedule == "wsd" else []
+
+
+def budget_points(size):
+    """The budget points a size's stable run reaches (its own k, e.g. S5 stops at k = 210 in the paper)."""
+    k_max = _CFG.scale.get("budget_k_by_size", {}).get(size, _CFG.train.budget_k)
+    return [k for k in BUDGETS if k_max is None or float(k) <= k_max]
+
+
+def branch_outputs(name):
+    return [path for size in SIZES for path in expand(f"{RUN}/budget{{k}}/{name}", size=size, variant=VARIANTS,
+                                                      seed=SEEDS, k=budget_points(size))]
 
 
 wildcard_constraints:

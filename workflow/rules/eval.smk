@@ -37,3 +37,14 @@ use rule evaluate as receptive with:
         out=f"{RUN}/receptive.csv",
     log:
         f"{RES}/logs/receptive_{{size}}_{{variant}}_seed{{seed}}.log",
+
+
+# Each decay branch is evaluated like a run; its final checkpoint is the budget's point of the scaling curve.
+use rule evaluate as evaluate_branch with:
+    input:
+        manifest=rules.prepare_data.output.manifest,
+        done=rules.train_branch.output.done,
+    output:
+        out=f"{RUN}/budget{{k}}/eval.csv",
+    log:
+        f"{RES}/logs/evaluate_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.log",

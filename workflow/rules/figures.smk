@@ -64,6 +64,33 @@ if not FIGURES_ONLY:
         shell:
             "hybridlab aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
 
+    if BUDGETS:
+
+        # The scaling grid: the decayed end of every budget branch, then the fit of L(N, D) across sizes.
+        rule budgets_table:
+            input:
+                branch_outputs("eval.csv"),
+            output:
+                f"{TABLES_DIR}/budgets.csv",
+            log:
+                f"{RES}/logs/table_budgets.log",
+            conda:
+                "../../envs/hybridlab.yaml"
+            shell:
+                "hybridlab aggregate --kind eval --out {output} {input} > {log} 2>&1"
+
+        rule scaling_fit:
+            input:
+                rules.budgets_table.output,
+            output:
+                f"{TABLES_DIR}/scaling_fit.csv",
+            log:
+                f"{RES}/logs/scaling_fit.log",
+            conda:
+                "../../envs/hybridlab.yaml"
+            shell:
+                "hybridlab scaling-fit --table {input} --out {output} > {log} 2>&1"
+
     rule describe:
         output:
             f"{TABLES_DIR}/info.json",
@@ -80,6 +107,7 @@ if not FIGURES_ONLY:
 rule figures:
     input:
         tables=expand(f"{TABLES_DIR}/{{kind}}.csv", kind=TABLE_KINDS),
+        fit=[f"{TABLES_DIR}/scaling_fit.csv"] if BUDGETS and len(SIZES) > 1 else [],
         info=f"{TABLES_DIR}/info.json",
     output:
         **PAPER_OUTPUTS,

@@ -139,8 +139,8 @@ class RunRecorder(pl.Callback):
     Its state (the metrics rows) travels inside `last.ckpt`, so a resumed run's table is complete."""
 
     def __init__(self, run_dir: Path, ckpt_steps: list[int], tokens_per_step: int, flops_per_step: float,
-                 peak_flops: float | None, log_every: int, last_every: int):
-        self.run_dir, self.ckpt_steps = Path(run_dir), set(ckpt_steps)
+                 peak_flops: float | None, log_every: int, last_every: int, fork_steps: list[int] = ()):
+        self.run_dir, self.ckpt_steps, self.fork_steps = Path(run_dir), set(ckpt_steps), set(fork_steps)
         self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak_flops
         self.log_every, self.last_every = log_every, last_every
         self.rows: list[dict] = []
@@ -164,6 +164,8 @@ class RunRecorder(pl.Callback):
             self._log_row(trainer, pl_module, outputs, step)
         if trainer.is_global_zero and step in self.ckpt_steps:
             save_weights(pl_module.model, self.run_dir / "ckpt", step, step * self.tokens_per_step)
+        if step in self.fork_steps:  # full state: a WSD decay branch starts here
+            save_last(trainer, self.run_dir, f"forks/step_{step:08d}.ckpt")
         if step % self.last_every == 0 or step == trainer.max_steps:
             save_last(trainer, self.run_dir)
 
@@ -194,8 +196,8 @@ def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
     return path
 
 
-def save_last(trainer, run_dir: Path) -> None:
-    path = Path(run_dir) / "last.ckpt"
+def save_last(trainer, run_dir: Path, name: str = "last.ckpt") -> None:
+    path = Path(run_dir) / name
     if trainer.is_global_zero:
         with atomic_path(path) as tmp:
             trainer.save_checkpoint(tmp)

@@ -25,10 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
-from hybridlab.io import read_json, write_json, write_table
+from hybridlab.io import atomic_path, read_json, write_json, write_table
 from hybridlab.models import build_model
 from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, pl
-from hybridlab.train.schedule import log_spaced_checkpoints, merge_steps, tokens_to_steps
+from hybridlab.train.schedule import (
+    Branch,
+    log_spaced_checkpoints,
+    merge_steps,
+    tokens_per_step,
+    tokens_to_steps,
+    wsd_branch_plan,
+)
 
 log = logging.getLogger("hybridlab")
 METRICS_COLUMNS = ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb")
@@ -81,6 +88,21 @@ def checkpoint_steps(cfg: DictConfig, n_params: int | None = None) -> list[int]:
     return merge_steps(log_spaced, every, [b for b in budgets if b <= steps])
 
 
+def branch_plan(cfg: DictConfig, n_params: int) -> list[Branch]:
+    """The WSD scaling grid: one decay branch per budget point of train.budgets_k (schedule wsd only). Each
+    branch forks from the stable run decay_frac of its length before its end and ends exactly on its budget."""
+    t = cfg.train
+    if t.schedule != "wsd" or not t.budgets_k:
+        return []
+    per_step = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
+    reached = [int(k * n_params) for k in t.budgets_k if -(-int(k * n_params) // per_step) <= int(t.steps)]
+    return wsd_branch_plan(reached, per_step, float(t.decay_frac), int(t.warmup_steps)) if reached else []
+
+
+def fork_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "forks" / f"step_{step:08d}.ckpt"
+
+
 def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     done = run_dir / "train_done.json"
@@ -103,10 +125,11 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     devices = int(t.get("devices", 1)) if on_gpu else 1
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
-    tokens_per_step = int(t.batch_size) * int(cfg.scale.context)
-    recorder = RunRecorder(run_dir, checkpoint_steps(cfg, model.non_embedding_params()), tokens_per_step,
+    step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
+    forks = [b.fork_step for b in branch_plan(cfg, model.non_embedding_params()) if b.end_step < int(t.steps)]
+    recorder = RunRecorder(run_dir, checkpoint_steps(cfg, model.non_embedding_params()), step_tokens,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
-                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)))
+                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks)
     lit = LitLM(torch.compile(model) if t.compile else model, cfg)
     lit.model = model  # checkpoints and analyses use the plain module
     last = run_dir / "last.ckpt"
@@ -133,10 +156,49 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
         log.info("%s: stopped at step %d of %d; re-run to resume", run_dir, trainer.global_step, int(t.steps))
         return {"steps": int(trainer.global_step), "finished": False}
     write_table(run_dir / "metrics.csv", metrics)
-    summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * tokens_per_step,
+    summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * step_tokens,
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
                "wall_s_last_session": time.perf_counter() - started,
                "non_embedding_params": model.non_embedding_params(),
                "checkpoints": sorted(p.name for p in (run_dir / "ckpt").glob("tokens_*.pt"))}
     write_json(done, summary)
     return summary
+
+
+def train_branch(cfg: DictConfig, data_dir: str | Path, stable_dir: str | Path, budget_k: float,
+                 out_dir: str | Path) -> dict:
+    """One decay branch of the WSD grid: resume the stable run's state at the branch's fork step and train to
+    the budget with the decay of a run of exactly that length. The largest budget's branch is the stable run's
+    own end, so its final checkpoint is taken over instead of recomputed."""
+    import shutil
+
+    from hybridlab.config import ConfigError
+
+    stable_dir, out = Path(stable_dir), Path(out_dir)
+    if (out / "train_done.json").exists():
+        return read_json(out / "train_done.json")
+    with torch.device("meta"):
+        n_params = build_model(cfg, read_manifest(data_dir)["vocab_size"]).non_embedding_params()
+    plan = {b.budget_tokens: b for b in branch_plan(cfg, n_params)}
+    branch = plan.get(int(budget_k * n_params))
+    if branch is None:
+        raise ConfigError("budget", budget_k, f"one of train.budgets_k {list(cfg.train.budgets_k)} (schedule wsd)")
+    stable = read_json(stable_dir / "train_done.json") if (stable_dir / "train_done.json").exists() else None
+    if stable is not None and branch.end_step == stable["steps"]:
+        final = sorted((stable_dir / "ckpt").glob("tokens_*.pt"))[-1]
+        with atomic_path(out / "ckpt" / final.name) as tmp:
+            shutil.copyfile(final, tmp)
+        summary = {**stable, "branch_of": str(stable_dir), "fork_step": branch.fork_step,
+                   "checkpoints": [final.name]}
+        write_json(out / "train_done.json", summary)
+        return summary
+    fork = fork_path(stable_dir, branch.fork_step)
+    if not fork.exists():
+        raise FileNotFoundError(f"{fork}: missing; the stable run has not reached step {branch.fork_step}")
+    if not (out / "last.ckpt").exists():
+        with atomic_path(out / "last.ckpt") as tmp:
+            shutil.copyfile(fork, tmp)
+    bcfg = cfg.copy()
+    bcfg.train.budget_k, bcfg.train.budgets_k, bcfg.train.steps = None, [], branch.end_step
+    bcfg.train.n_checkpoints, bcfg.train.ckpt_every = 1, None  # the budget's point: the decayed end only
+    return train(bcfg, data_dir, out)
