@@ -12,6 +12,7 @@ from hybridlab.analysis.schemas import RUN_FILES, TABLES
 from hybridlab.cli import main
 from hybridlab.config import load_config
 from hybridlab.models import build_model
+from hybridlab.train.lit import save_weights
 
 OVERRIDES = ["scale.context=64", "data.n_train_seqs=8", "data.n_val_seqs=8", "eval.niah_samples=8",
              "eval.niah_lengths=[1.0]", "eval.ruler_tasks=[niah_single,niah_multivalue]", "eval.ruler_samples=4",
@@ -32,8 +33,8 @@ def run(tmp_path_factory) -> dict[str, Path]:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
-        torch.save({"model": model.state_dict(), "step": step, "tokens": step * 64},
-                   run_dir / "ckpt" / f"tokens_{step * 64:012d}.pt")
+        save_weights(model, run_dir / "ckpt", step, step * 64)
+    (run_dir / "train_done.json").write_text('{"steps": 4}')  # evaluation only reads finished runs
     args = ["--variant", VARIANT, "--data", str(data), "--run", str(run_dir), *OVERRIDES]
     out = {kind: run_dir / name for kind, name in RUN_FILES.items()}
     for cmd in ("evaluate", "receptive", "probe", "gradinf"):
