@@ -7,11 +7,13 @@ not root, no apt-get, packages not installable, or a real cluster's slurm.conf o
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,16 +52,21 @@ def slurm_cluster() -> Iterator[None]:
     if installed.returncode == SKIP_CODE:
         pytest.skip(installed.stdout.strip().splitlines()[-1])
     assert installed.returncode == 0, f"slurm_local.sh install failed:\n{installed.stdout}{installed.stderr}"
-    LOG_EXCERPT.write_text("")
-    try:
-        started = _slurm_local("start", env)
-        if started.returncode == SKIP_CODE:
-            pytest.skip(started.stdout.strip().splitlines()[-1])
-        assert started.returncode == 0, f"slurm_local.sh start failed:\n{started.stdout}{started.stderr}"
-        yield
-    finally:
-        stopped = _slurm_local("stop", env)
-        print(stopped.stdout, stopped.stderr, file=sys.stderr)
+    # One test session at a time owns the cluster (developers share machines); it starts from a clean,
+    # known configuration and stops everything at the end.
+    with open(Path(tempfile.gettempdir()) / "hybridlab-slurm-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        LOG_EXCERPT.write_text("")
+        try:
+            _slurm_local("stop", env)
+            started = _slurm_local("start", env)
+            if started.returncode == SKIP_CODE:
+                pytest.skip(started.stdout.strip().splitlines()[-1])
+            assert started.returncode == 0, f"slurm_local.sh start failed:\n{started.stdout}{started.stderr}"
+            yield
+        finally:
+            stopped = _slurm_local("stop", env)
+            print(stopped.stdout, stopped.stderr, file=sys.stderr)
 
 
 @pytest.fixture

@@ -128,3 +128,17 @@ def test_exit_status_is_the_commands(tmp_path: Path) -> None:
     )
     assert result.returncode == 3
     assert "gpu_lock: GPU 0" in result.stderr
+
+
+def test_jobs_per_gpu_lets_jobs_share_a_card(tmp_path: Path) -> None:
+    env = _env(tmp_path, HYBRIDLAB_GPUS="0,1", HYBRIDLAB_JOBS_PER_GPU="2")
+    jobs = {name: _launch(tmp_path, name, 3.0, env) for name in "abcd"}
+    for name in jobs:
+        _wait_for(tmp_path / f"{name}.start")
+    late = _launch(tmp_path, "e", 0.1, env)
+    time.sleep(1.0)
+    assert not (tmp_path / "e.start").exists(), "fifth job started while all four slots were taken"
+    for proc in (*jobs.values(), late):
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    devices = sorted(_start(tmp_path, name)[0] for name in "abcd")
+    assert devices == ["0", "0", "1", "1"]

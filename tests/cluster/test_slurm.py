@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -121,10 +122,16 @@ def test_ddp_job_runs_one_lightning_process_per_task(
     assert records[0]["slurm_job"] == records[1]["slurm_job"], "both ranks belong to one SLURM job"
 
 
+# Measurements of the machine and its load, not results: they differ between any two runs.
+MEASURED_COLUMNS = {"tokens_per_s", "mfu", "peak_mem_gb"}
+
+
 def test_smoke_pipeline_through_slurm_matches_local_run(
     slurm_cluster: None, slurm_profile: Path, run_snakemake: Callable[..., str], tmp_path: Path
 ) -> None:
     """The real smoke DAG, once on this machine and once as SLURM jobs: the same result tables."""
+    if not (REPO / "Snakefile").is_file():
+        pytest.skip("no Snakefile at the repository root")
     tables = {}
     for label, executor_args in {
         "local": ["--cores", "2"],
@@ -147,7 +154,7 @@ def test_smoke_pipeline_through_slurm_matches_local_run(
             REPO,
             f"smoke DAG, {label}",
         )
-        tables[label] = {p.name: p.read_text() for p in sorted((workdir / "results/smoke/tables").glob("*.csv"))}
+        tables[label] = {p.name: p for p in sorted((workdir / "results/smoke/tables").glob("*.csv"))}
         if label == "slurm":
             rules = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log)
             assert {"prepare_data", "train", "evaluate", "analyze", "figures"} <= set(rules)
@@ -156,5 +163,10 @@ def test_smoke_pipeline_through_slurm_matches_local_run(
 
     assert tables["local"], "the local run wrote no result tables"
     assert tables["slurm"].keys() == tables["local"].keys()
-    for name, content in tables["local"].items():
-        assert tables["slurm"][name] == content, f"tables/{name} differs between the local and the SLURM run"
+    for name, local_csv in tables["local"].items():
+        local, via_slurm = (pd.read_csv(path) for path in (local_csv, tables["slurm"][name]))
+        assert list(via_slurm.columns) == list(local.columns), f"tables/{name}: columns differ"
+        measured = [c for c in local.columns if c in MEASURED_COLUMNS]
+        pd.testing.assert_frame_equal(
+            via_slurm.drop(columns=measured), local.drop(columns=measured), check_exact=True, obj=f"tables/{name}"
+        )

@@ -38,22 +38,17 @@ def visible_gpus(env: dict[str, str]) -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        listing = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return []
     return [str(i) for i, line in enumerate(ln for ln in listing.splitlines() if ln.startswith("GPU "))]
 
 
 def default_lock_dir() -> Path:
-    return Path(
-        os.environ.get("HYBRIDLAB_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "hybridlab-gpu-locks"
-    )
+    return Path(os.environ.get("HYBRIDLAB_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "hybridlab-gpu-locks")
 
 
-def acquire(gpus: list[str], lock_dir: Path, poll_s: float, timeout_s: float | None,
-            slots: int = 1) -> tuple[str, int]:
+def acquire(gpus: list[str], lock_dir: Path, poll_s: float, timeout_s: float | None, slots: int = 1) -> tuple[str, int]:
     """Lock the first free GPU slot, waiting while all are taken; returns (entry, open locked descriptor).
     `slots` > 1 lets that many jobs share one card (small models that leave a GPU mostly idle)."""
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -78,12 +73,8 @@ def acquire(gpus: list[str], lock_dir: Path, poll_s: float, timeout_s: float | N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lock-dir", type=Path, default=None, help="where the per-GPU lock files live")
-    parser.add_argument(
-        "--poll", type=float, default=1.0, help="seconds between tries while all GPUs are taken"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="give up after this many seconds (exit 75)"
-    )
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between tries while all GPUs are taken")
+    parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 75)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

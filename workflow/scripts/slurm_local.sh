@@ -220,7 +220,7 @@ wait_for_idle() {
                 say "node $host is $state"
                 return 0
                 ;;
-            down* | drain* | drained*)
+            down* | drain*)
                 scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true
                 ;;
         esac
