@@ -21,6 +21,13 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 
 
+# Jobs that only concatenate tables or describe the plan run in the main process, never as cluster jobs.
+localrules:
+    all,
+    table,
+    describe,
+
+
 rule all:
     default_target: True
     input:
