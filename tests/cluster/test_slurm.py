@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -51,6 +52,23 @@ def test_toy_dag_runs_through_slurm(
     submitted = re.findall(r"SLURM jobid (\d+)", log)
     assert sorted(submitted) == sorted(job_ids)
     assert "4 of 4 steps (100%) done" in log  # three SLURM jobs and the local target rule
+    states = slurm_states(submitted)
+    assert all(state == "COMPLETED" for state in states.values()), states
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's own record of each job's final state (kept MinJobAge seconds), appended to the log excerpt."""
+    lines = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True, timeout=30).stdout
+    states = {}
+    with open(Path(__file__).resolve().parent / "last_slurm_log.txt", "a") as excerpt:
+        for line in lines.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if fields.get("JobId") in job_ids:
+                states[fields["JobId"]] = fields.get("JobState", "?")
+                excerpt.write(f"scontrol: JobId={fields['JobId']} JobName={fields.get('JobName')} "
+                              f"JobState={fields.get('JobState')} ExitCode={fields.get('ExitCode')}\n")
+    assert set(states) == set(job_ids), f"SLURM has no record of {set(job_ids) - set(states)}"
+    return states
 
 
 # docs/cluster.md's multi-GPU recipe: one SLURM job, N tasks on one node started by srun, one Lightning
@@ -158,7 +176,10 @@ def test_smoke_pipeline_through_slurm_matches_local_run(
         if label == "slurm":
             rules = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log)
             assert {"prepare_data", "train", "evaluate", "analyze", "figures"} <= set(rules)
-            assert len(re.findall(r"submitted with SLURM jobid \d+", log)) == len(rules) - 1  # all but `all`
+            submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
+            # every job but the Snakefile's localrules (all, table, describe) went through SLURM and completed
+            assert len(submitted) == sum(rule not in ("all", "table", "describe") for rule in rules)
+            assert set(slurm_states(submitted).values()) == {"COMPLETED"}
             assert (workdir / "paper/smoke/report.md").is_file()
 
     assert tables["local"], "the local run wrote no result tables"
