@@ -26,9 +26,10 @@ localrules:
     all,
     table,
     describe,
+    report_index,
 
 
 rule all:
     default_target: True
     input:
-        f"{PAPER}/report.md",
+        f"{config['paper_dir']}/report.md",

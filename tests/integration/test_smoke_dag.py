@@ -60,6 +60,7 @@ def test_every_output_exists_and_is_well_formed(smoke_run):
         assert f"### {name}" in report
         assert f"figures/{name}.png" in report or "No data at this scale" in report.split(f"### {name}")[1][:400]
     assert "## Claim checks" in report and (paper / "report.html").stat().st_size > 10_000
+    assert "[smoke](smoke/report.md)" in (smoke_run / "paper" / "report.md").read_text()  # the index of reports
 
 
 def test_second_run_is_a_noop(smoke_run):

@@ -143,3 +143,17 @@ rule figures_only:
 
 # The default target's report comes from the full DAG; figures_only is asked for by name.
 ruleorder: figures > figures_only
+
+
+# paper/report.md: an index of every scale's report present under paper/, refreshed with the latest one.
+rule report_index:
+    input:
+        f"{PAPER}/report.md",
+    output:
+        f"{config['paper_dir']}/report.md",
+    log:
+        f"{RES}/logs/report_index.log",
+    conda:
+        "../../envs/hybridlab.yaml"
+    shell:
+        "hybridlab report-index --paper $(dirname {output}) > {log} 2>&1"
