@@ -25,7 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hybridlab.analysis.schemas import TABLES
+from hybridlab.analysis.schemas import TABLES, TRAIN_COLUMNS
 
 
 def _run_args(p: argparse.ArgumentParser, run: bool = True) -> None:
@@ -148,7 +148,7 @@ RUN_STAGES = (
 )
 TABLE_COLUMNS = {
     **TABLES,
-    "train": ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb"),
+    "train": TRAIN_COLUMNS,
 }
 
 

@@ -26,6 +26,9 @@ ONSET_COLUMNS = ("variant", "seed", "selection", "layer", "head", "metric", "val
 GRADINF_COLUMNS = (*RUN_KEYS, "distance", "metric", "value")
 MASKING_COLUMNS = (*RUN_KEYS, "k", "heads", "length", "metric", "value")
 
+# A training run's metrics table (metrics.csv; aggregated as tables/train.csv with variant and seed added).
+TRAIN_COLUMNS = ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb")
+
 TABLES = {
     "eval": EVAL_COLUMNS,
     "heads": HEAD_COLUMNS,

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hybridlab.analysis.schemas import TRAIN_COLUMNS
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
 from hybridlab.io import atomic_path, read_json, write_json, write_table
@@ -38,7 +39,6 @@ from hybridlab.train.schedule import (
 )
 
 log = logging.getLogger("hybridlab")
-METRICS_COLUMNS = ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb")
 # Dense bf16 tensor-core peak by device name, for MFU (datasheet numbers; CPU has none).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -119,15 +119,16 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     tokens, _ = load_split(data_dir, "train")
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg, manifest["vocab_size"])
-    cfg = resolve_budget(cfg, model.non_embedding_params())
+    n_params = model.non_embedding_params()
+    cfg = resolve_budget(cfg, n_params)
     t = cfg.train
     on_gpu = torch.cuda.is_available() and cfg.scale.accelerator != "cpu"
     devices = int(t.get("devices", 1)) if on_gpu else 1
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
     step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
-    forks = [b.fork_step for b in branch_plan(cfg, model.non_embedding_params()) if b.end_step < int(t.steps)]
-    recorder = RunRecorder(run_dir, checkpoint_steps(cfg, model.non_embedding_params()), step_tokens,
+    forks = [b.fork_step for b in branch_plan(cfg, n_params) if b.end_step < int(t.steps)]
+    recorder = RunRecorder(run_dir, checkpoint_steps(cfg, n_params), step_tokens,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
                            int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks)
     lit = LitLM(torch.compile(model) if t.compile else model, cfg)
@@ -151,7 +152,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch.*")
         trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
                     ckpt_path=str(last) if last.exists() else None, weights_only=True)
-    metrics = pd.DataFrame(recorder.rows, columns=list(METRICS_COLUMNS))
+    metrics = pd.DataFrame(recorder.rows, columns=list(TRAIN_COLUMNS))
     if trainer.global_step < int(t.steps):
         log.info("%s: stopped at step %d of %d; re-run to resume", run_dir, trainer.global_step, int(t.steps))
         return {"steps": int(trainer.global_step), "finished": False}
@@ -159,7 +160,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * step_tokens,
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
                "wall_s_last_session": time.perf_counter() - started,
-               "non_embedding_params": model.non_embedding_params(),
+               "non_embedding_params": n_params,
                "checkpoints": sorted(p.name for p in (run_dir / "ckpt").glob("tokens_*.pt"))}
     write_json(done, summary)
     return summary
