@@ -53,16 +53,13 @@ def grad_influence(model: HybridLM, tokens: np.ndarray, last_n: int, batch: int,
 
 def gradinf_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
     from hybridlab.data.shards import load_split, read_manifest
-    from hybridlab.evals.checkpoints import iter_checkpoints, load_final, pick_device
+    from hybridlab.evals.checkpoints import pick_device, selected_checkpoints
 
     manifest = read_manifest(data_dir)
     device = pick_device(cfg)
     tokens = load_split(data_dir, "val")[0][:int(cfg.eval.gradinf_samples)]
     vocab = manifest["vocab_size"]
-    if cfg.eval.gradinf_all_checkpoints:
-        models = iter_checkpoints(cfg, run_dir, vocab, device)
-    else:
-        models = [load_final(cfg, run_dir, vocab, device)]
+    models = selected_checkpoints(cfg, run_dir, vocab, device, bool(cfg.eval.gradinf_all_checkpoints))
     rows = []
     for model, info in models:
         g = grad_influence(model, tokens, int(cfg.eval.gradinf_last), int(cfg.eval.batch_size), device)

@@ -88,16 +88,13 @@ def probe_rows(model: HybridLM, tokens: np.ndarray, labels: np.ndarray, cfg, dev
 
 def probe_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
     from hybridlab.data.shards import read_manifest
-    from hybridlab.evals.checkpoints import iter_checkpoints, load_final, pick_device
+    from hybridlab.evals.checkpoints import pick_device, selected_checkpoints
 
     manifest = read_manifest(data_dir)
     device = pick_device(cfg)
     tokens, labels = load_probe_set(data_dir, int(manifest["context"]))
     vocab = manifest["vocab_size"]
-    if cfg.eval.probe_all_checkpoints:
-        models = iter_checkpoints(cfg, run_dir, vocab, device)
-    else:
-        models = [load_final(cfg, run_dir, vocab, device)]
+    models = selected_checkpoints(cfg, run_dir, vocab, device, bool(cfg.eval.probe_all_checkpoints))
     rows = []
     for model, info in models:
         rows += probe_rows(model, tokens, labels, cfg, device, {"variant": cfg.variant.name, "seed": int(cfg.seed),

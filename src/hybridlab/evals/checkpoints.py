@@ -49,6 +49,13 @@ def load_final(cfg, run_dir: str | Path, vocab_size: int, device: torch.device) 
     return model.to(device).eval(), info
 
 
+def selected_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.device, every: bool):
+    """Every trajectory checkpoint (oldest first) when `every`, else only the final one: (model, info) pairs."""
+    if every:
+        return iter_checkpoints(cfg, run_dir, vocab_size, device)
+    return [load_final(cfg, run_dir, vocab_size, device)]
+
+
 def pick_device(cfg) -> torch.device:
     if torch.cuda.is_available() and cfg.scale.accelerator != "cpu":
         return torch.device("cuda")
