@@ -60,14 +60,16 @@ def cmd_train(a) -> None:
     from hybridlab.train.run import train
 
     s = train(_cfg(a), a.data, a.out)
-    print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
+    if "final_loss" in s:  # a finished run, on rank 0
+        print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
 
 def cmd_train_branch(a) -> None:
     from hybridlab.train.run import train_branch
 
     s = train_branch(_cfg(a), a.data, a.stable, a.budget, a.out)
-    print(f"branch k={a.budget} of {a.stable}: {s['steps']} steps, {s['tokens']} tokens")
+    if "tokens" in s:  # rank 0
+        print(f"branch k={a.budget} of {a.stable}: {s['steps']} steps, {s['tokens']} tokens")
 
 
 def _write(a, df, path: str | None = None) -> None:
@@ -231,7 +233,7 @@ def cmd_benchmark(a) -> None:
     rows = []
     for size in a.sizes:
         for variant in a.variants:
-            row = benchmark(variant, size, a.context, a.batch, a.steps, compile=a.compile)
+            row = benchmark(variant, size, a.context, a.batch, a.steps, compile=a.compile, overrides=tuple(a.set))
             rows.append(row)
             print({k: row.get(k) for k in ("variant", "size", "tokens_per_s", "mfu", "peak_mem_gb", "status")},
                   flush=True)
@@ -310,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="Hydra overrides for every row, e.g. model.mixer_backend=torch")
     p.add_argument("--out", default=None, help="CSV to write")
     p.set_defaults(fn=cmd_benchmark)
     p = sub.add_parser("figures", help="every figure, table and the report from result tables (no torch)")

@@ -263,7 +263,8 @@ RULES: dict[str, Rule] = {
     "train.decay_frac": optional(number(0, 1, open_lo=True)),
     "train.batch_size": integer(1),
     "train.micro_batch_size": integer(1),
-    "train.devices": optional(integer(1)),
+    "train.devices": integer(1),
+    "train.num_nodes": integer(1),
     "train.optimizer": one_of("adamw", "muon"),
     "train.lr": number(0, open_lo=True),
     "train.muon_lr": optional(number(0, open_lo=True)),
@@ -368,9 +369,10 @@ def _validate(cfg: DictConfig) -> None:
                  "scale.seeds": list_of(integer(0), unique=True),
                  "scale.sizes": optional(list_of(one_of(*model_names()), unique=True))})
     t = cfg.train
-    per_step = t.micro_batch_size * (t.get("devices") or 1)
+    per_step = t.micro_batch_size * t.devices * t.num_nodes
     _check(t.batch_size % per_step == 0, "train.micro_batch_size", t.micro_batch_size,
-           f"a divisor of train.batch_size ({t.batch_size}), times train.devices if set")
+           f"a divisor of train.batch_size ({t.batch_size}) / (train.devices ({t.devices}) x train.num_nodes "
+           f"({t.num_nodes}))")
     from hybridlab.models.layout import build_layout  # local: layout validation shares the error type
 
     build_layout(cfg.variant, cfg.model, cfg.scale)

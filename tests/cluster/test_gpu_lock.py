@@ -28,13 +28,14 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _launch(tmp_path: Path, name: str, sleep_s: float, env: dict[str, str]) -> subprocess.Popen:
+def _launch(tmp_path: Path, name: str, sleep_s: float, env: dict[str, str], *opts: str) -> subprocess.Popen:
     out = tmp_path / name
     cmd = [
         sys.executable,
         str(SCRIPT),
         "--poll",
         "0.05",
+        *opts,
         "--",
         sys.executable,
         "-c",
@@ -142,3 +143,27 @@ def test_jobs_per_gpu_lets_jobs_share_a_card(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
     devices = sorted(_start(tmp_path, name)[0] for name in "abcd")
     assert devices == ["0", "0", "1", "1"]
+
+
+def test_multi_gpu_job_takes_whole_cards_and_waits_for_them(tmp_path: Path) -> None:
+    env = _env(tmp_path, HYBRIDLAB_GPUS="0,1,2", HYBRIDLAB_JOBS_PER_GPU="2")
+    single = _launch(tmp_path, "single", 3.0, env)  # one slot of card 0
+    _wait_for(tmp_path / "single.start")
+    pair = _launch(tmp_path, "pair", 3.0, env, "--count", "2")  # the two cards with no job: 1 and 2
+    _wait_for(tmp_path / "pair.start")
+    assert _start(tmp_path, "pair")[0] == "1,2"
+    trio = _launch(tmp_path, "trio", 0.1, env, "--count", "3")
+    time.sleep(1.0)
+    assert not (tmp_path / "trio.start").exists(), "a 3-GPU job started while cards were in use"
+    for proc in (single, pair, trio):
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    assert _start(tmp_path, "trio")[0] == "0,1,2"
+    last_end = max(float((tmp_path / f"{n}.end").read_text()) for n in ("single", "pair"))
+    assert _start(tmp_path, "trio")[1] >= last_end
+
+
+def test_multi_gpu_job_asking_more_than_the_machine_has_fails_clearly(tmp_path: Path) -> None:
+    env = _env(tmp_path, HYBRIDLAB_GPUS="0,1")
+    result = subprocess.run([sys.executable, str(SCRIPT), "--count", "4", "--", "true"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "asks for 4 GPUs" in result.stderr

@@ -9,7 +9,7 @@ rule train:
         metrics=f"{RUN}/metrics.csv",
     params:
         common=COMMON,
-        wrap=GPU_WRAP,
+        wrap=TRAIN_WRAP,
         data=lambda wc, input: os.path.dirname(input.manifest),
         run=lambda wc, output: os.path.dirname(output.done),
     log:
@@ -18,7 +18,7 @@ rule train:
         "../../envs/hybridlab.yaml"
     threads: 1
     resources:
-        gpu=1 if ON_GPU else 0,
+        gpu=TRAIN_GPUS,
     shell:
         "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train "
         "--size {wildcards.size} --variant {wildcards.variant} --seed {wildcards.seed} --data {params.data} --out {params.run} "
@@ -34,7 +34,7 @@ rule train_branch:
         done=f"{RUN}/budget{{k}}/train_done.json",
     params:
         common=COMMON,
-        wrap=GPU_WRAP,
+        wrap=TRAIN_WRAP,
         data=lambda wc, input: os.path.dirname(input.manifest),
         stable=lambda wc, input: os.path.dirname(input.stable),
         out=lambda wc, output: os.path.dirname(output.done),
@@ -46,7 +46,7 @@ rule train_branch:
         "../../envs/hybridlab.yaml"
     threads: 1
     resources:
-        gpu=1 if ON_GPU else 0,
+        gpu=TRAIN_GPUS,
     shell:
         "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train-branch --size {wildcards.size} "
         "--variant {wildcards.variant} --seed {wildcards.seed} --budget {wildcards.k} --data {params.data} "

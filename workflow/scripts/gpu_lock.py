@@ -48,6 +48,22 @@ def default_lock_dir() -> Path:
     return Path(os.environ.get("HYBRIDLAB_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "hybridlab-gpu-locks")
 
 
+def _try_lock(lock_dir: Path, name: str) -> int | None:
+    fd = os.open(lock_dir / name, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _slot_names(gpu: str, slots: int) -> list[str]:
+    return [f"gpu{gpu}.lock" if k == 0 else f"gpu{gpu}.slot{k}.lock" for k in range(slots)]
+
+
 def acquire(gpus: list[str], lock_dir: Path, poll_s: float, timeout_s: float | None, slots: int = 1) -> tuple[str, int]:
     """Lock the first free GPU slot, waiting while all are taken; returns (entry, open locked descriptor).
     `slots` > 1 lets that many jobs share one card (small models that leave a GPU mostly idle)."""
@@ -55,18 +71,38 @@ def acquire(gpus: list[str], lock_dir: Path, poll_s: float, timeout_s: float | N
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         for slot, gpu in ((k, g) for k in range(slots) for g in gpus):
-            name = f"gpu{gpu}.lock" if slot == 0 else f"gpu{gpu}.slot{slot}.lock"
-            fd = os.open(lock_dir / name, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return gpu, fd
+            fd = _try_lock(lock_dir, _slot_names(gpu, slots)[slot])
+            if fd is not None:
+                return gpu, fd
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"no GPU of {','.join(gpus)} became free within {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def acquire_whole(gpus: list[str], count: int, lock_dir: Path, poll_s: float, timeout_s: float | None,
+                  slots: int = 1) -> tuple[list[str], list[int]]:
+    """Lock `count` whole cards (every slot of each) for one multi-GPU (DDP) job; returns (entries, fds).
+    Takes all locks or none, so two waiting jobs never hold half a set each."""
+    if count > len(gpus):
+        raise ValueError(f"a job asks for {count} GPUs; this machine offers {len(gpus)} ({','.join(gpus)})")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        taken, fds = [], []
+        for gpu in gpus:
+            got = [fd for fd in (_try_lock(lock_dir, n) for n in _slot_names(gpu, slots)) if fd is not None]
+            if len(got) == slots:
+                taken.append(gpu)
+                fds += got
+                if len(taken) == count:
+                    return taken, fds
+            else:
+                for fd in got:
+                    os.close(fd)
+        for fd in fds:
+            os.close(fd)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"{count} of GPUs {','.join(gpus)} did not become free within {timeout_s} s")
         time.sleep(poll_s)
 
 
@@ -75,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-dir", type=Path, default=None, help="where the per-GPU lock files live")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between tries while all GPUs are taken")
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 75)")
+    parser.add_argument("--count", type=int, default=1, help="GPUs for this one command (whole cards; DDP)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -84,15 +121,24 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     gpus = [] if "SLURM_JOB_ID" in env and "HYBRIDLAB_GPUS" not in env else visible_gpus(env)
     if gpus:
+        slots = int(env.get("HYBRIDLAB_JOBS_PER_GPU", "1"))
+        lock_dir = args.lock_dir or default_lock_dir()
         try:
-            slots = int(env.get("HYBRIDLAB_JOBS_PER_GPU", "1"))
-            gpu, fd = acquire(gpus, args.lock_dir or default_lock_dir(), args.poll, args.timeout, slots)
+            if args.count == 1:
+                gpu, fd = acquire(gpus, lock_dir, args.poll, args.timeout, slots)
+                taken, fds = [gpu], [fd]
+            else:
+                taken, fds = acquire_whole(gpus, args.count, lock_dir, args.poll, args.timeout, slots)
         except TimeoutError as err:
             print(f"gpu_lock: {err}", file=sys.stderr)
             return 75
-        os.set_inheritable(fd, True)
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-        print(f"gpu_lock: GPU {gpu} for: {' '.join(command)}", file=sys.stderr, flush=True)
+        except ValueError as err:
+            print(f"gpu_lock: {err}", file=sys.stderr)
+            return 2
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(taken)
+        print(f"gpu_lock: GPU {','.join(taken)} for: {' '.join(command)}", file=sys.stderr, flush=True)
     try:
         os.execvpe(command[0], command, env)
     except OSError as err:

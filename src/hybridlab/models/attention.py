@@ -83,6 +83,10 @@ def _flex_block_mask(t: int, windows: tuple[int, ...], sinks: int, device: str):
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
+    # One compiled kernel per (length, dtype, grad mode, sinks, RoPE/NoPE strides): an evaluation over many
+    # lengths passes dynamo's default limit of 8 recompiles, after which flex falls back to its unfused eager
+    # form that materialises [B, H, T, T] scores. Allow enough kernels for a whole evaluation suite.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(flex_attention, dynamic=False)
 
 

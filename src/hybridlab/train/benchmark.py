@@ -17,8 +17,8 @@ from hybridlab.models import build_model
 from hybridlab.models.attention import select_backend
 from hybridlab.train.run import peak_flops
 
-COLUMNS = ("variant", "size", "context", "batch", "device", "attn_backend", "mixer_backend", "tokens_per_s",
-           "step_ms", "mfu", "peak_mem_gb", "non_embedding_params", "status")
+COLUMNS = ("variant", "size", "context", "batch", "compile", "overrides", "device", "attn_backend", "mixer_backend",
+           "tokens_per_s", "step_ms", "mfu", "peak_mem_gb", "non_embedding_params", "status")
 
 
 def backends(model) -> tuple[str, str]:
@@ -35,10 +35,14 @@ def backends(model) -> tuple[str, str]:
 
 
 def benchmark(variant: str, size: str, context: int, batch: int = 1, steps: int = 5, warmup: int = 3,
-              vocab: int = 32000, scale: str = "paper", compile: bool = False) -> dict:
-    cfg = load_config(scale, variant, 0, [f"scale.context={context}"], size)
+              vocab: int = 32000, scale: str = "paper", compile: bool = False,
+              overrides: tuple[str, ...] = ()) -> dict:
+    """One row of COLUMNS; `overrides` are Hydra overrides applied after the context (e.g.
+    model.mixer_backend=torch to skip fla's probe, model.d_ff=4416 to try another shape)."""
+    cfg = load_config(scale, variant, 0, [f"scale.context={context}", *overrides], size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    row = {"variant": variant, "size": size, "context": context, "batch": batch,
+    row = {"variant": variant, "size": size, "context": context, "batch": batch, "compile": compile,
+           "overrides": " ".join(overrides),
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
     torch.manual_seed(0)
     model = build_model(cfg, vocab).to(device)

@@ -91,6 +91,14 @@ class LitLM(pl.LightningModule):
     def __init__(self, model: HybridLM, cfg):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.micro_losses: list[torch.Tensor] = []  # this rank's micro-batch losses since the last optimizer step
+
+    def step_loss(self) -> float:
+        """The loss of the optimizer step just taken: the mean over micro-batches and (under DDP) over ranks,
+        so one-GPU and multi-GPU runs of one global batch log the same number. A collective: every rank calls it."""
+        loss = torch.stack(self.micro_losses).mean()
+        self.micro_losses.clear()
+        return float(self.trainer.strategy.reduce(loss, reduce_op="mean"))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         logits = self.model(batch[:, :-1])
@@ -99,6 +107,7 @@ class LitLM(pl.LightningModule):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at step {self.global_step}; the last good checkpoint is kept "
                 "(lower train.lr or enable train.grad_clip)")
+        self.micro_losses.append(loss.detach())
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -161,7 +170,9 @@ class RunRecorder(pl.Callback):
         if step == self._last_step_logged:
             return  # still accumulating gradients
         if step % self.log_every == 0 or step in self.ckpt_steps:
-            self._log_row(trainer, pl_module, outputs, step)
+            self._log_row(trainer, pl_module, step)
+        else:
+            pl_module.micro_losses.clear()
         if trainer.is_global_zero and step in self.ckpt_steps:
             save_weights(pl_module.model, self.run_dir / "ckpt", step, step * self.tokens_per_step)
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
@@ -169,14 +180,15 @@ class RunRecorder(pl.Callback):
         if step % self.last_every == 0 or step == trainer.max_steps:
             save_last(trainer, self.run_dir)
 
-    def _log_row(self, trainer, pl_module, outputs, step: int) -> None:
+    def _log_row(self, trainer, pl_module, step: int) -> None:
+        loss = pl_module.step_loss()
         dt = time.perf_counter() - self._t0
         n = step - self._last_step_logged
         tok_s = n * self.tokens_per_step / dt if dt > 0 else float("nan")
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        row = {"step": step, "tokens": step * self.tokens_per_step, "loss": float(loss),
+        row = {"step": step, "tokens": step * self.tokens_per_step, "loss": loss,
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "tokens_per_s": tok_s,
-               "mfu": (n * self.flops_per_step / dt / self.peak) if self.peak and dt > 0 else float("nan"),
+               "mfu": (n * self.flops_per_step / dt / (self.peak * trainer.world_size)) if self.peak and dt > 0
+               else float("nan"),
                "peak_mem_gb": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else 0.0}
         self.rows.append(row)
         pl_module.log("tok/s", tok_s, prog_bar=True, on_step=True, on_epoch=False)
@@ -198,8 +210,11 @@ def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
 
 def save_last(trainer, run_dir: Path, name: str = "last.ckpt") -> None:
     path = Path(run_dir) / name
+    # Trainer.save_checkpoint is a collective (it ends in a barrier): every rank calls it, and Lightning's
+    # strategy writes on global rank 0 alone, which alone goes through the atomic temporary file.
     if trainer.is_global_zero:
         with atomic_path(path) as tmp:
             trainer.save_checkpoint(tmp)
-    trainer.strategy.barrier()
+    else:
+        trainer.save_checkpoint(path)
 

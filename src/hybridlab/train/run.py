@@ -123,7 +123,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     cfg = resolve_budget(cfg, n_params)
     t = cfg.train
     on_gpu = torch.cuda.is_available() and cfg.scale.accelerator != "cpu"
-    devices = int(t.get("devices", 1)) if on_gpu else 1
+    devices, nodes = int(t.devices), int(t.num_nodes)  # DDP over devices x nodes (gloo on CPU, NCCL on GPU)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
     step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
@@ -136,16 +136,18 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     last = run_dir / "last.ckpt"
     if last.exists():  # refuse a damaged resume point here, naming it, rather than deep inside Lightning
         load_verified(last, covered=RESUME_COVERED)
-    write_json(run_dir / "provenance.json", provenance(cfg))
     warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
     trainer = pl.Trainer(
         max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
+        num_nodes=nodes,
         precision=precision, gradient_clip_val=float(t.grad_clip) or None,
-        accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices),
+        accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices * nodes),
         logger=False, enable_checkpointing=False, callbacks=[recorder], use_distributed_sampler=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         enable_progress_bar=os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0",
     )
+    if trainer.is_global_zero:
+        write_json(run_dir / "provenance.json", provenance(cfg))
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -156,6 +158,8 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     if trainer.global_step < int(t.steps):
         log.info("%s: stopped at step %d of %d; re-run to resume", run_dir, trainer.global_step, int(t.steps))
         return {"steps": int(trainer.global_step), "finished": False}
+    if not trainer.is_global_zero:  # rank 0 writes the run's tables
+        return {"steps": int(trainer.global_step), "rank": trainer.global_rank}
     write_table(run_dir / "metrics.csv", metrics)
     summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * step_tokens,
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),

@@ -109,14 +109,29 @@ def simple_gla_chunked(
     o = intra @ v
     q_dec = q * gc.exp()[..., None]
     k_dec = k * (gc[..., -1:] - gc).exp()[..., None]
-    chunk_decay = gc[..., -1].exp()
-    inter = []
-    for i in range(n):
-        inter.append(q_dec[:, :, i] @ S)
-        S = chunk_decay[:, :, i, None, None] * S + k_dec[:, :, i].transpose(-1, -2) @ v[:, :, i]
-    o = o + torch.stack(inter, dim=2)
+    # Every chunk's entry state at once (no loop over chunks): S_i = exp(L_0 + .. + L_{i-1}) S_0 +
+    # sum_{j<i} exp(L_{j+1} + .. + L_{i-1}) dS_j, with L_m chunk m's total log-decay and dS_j = K_dec_j^T V_j.
+    states = _chunk_states(gc[..., -1], k_dec.transpose(-1, -2) @ v, S)  # [B, H, n + 1, Dk, Dv]
+    o = o + q_dec @ states[:, :, :n]
     o = (o * scale).reshape(B, H, n * C, Dv)[:, :, :T]
-    return o.to(out_dtype), S
+    return o.to(out_dtype), states[:, :, n]
+
+
+def _chunk_states(log_decay: Tensor, writes: Tensor, S0: Tensor) -> Tensor:
+    """States entering chunks 0..n (the last one is the final state) of the scalar-decay recurrence
+    S_{i+1} = exp(L_i) S_i + writes_i, from chunk log-decays L [B, H, n], writes [B, H, n, Dk, Dv] and the
+    initial state S0 [B, H, Dk, Dv], in one batched product instead of a loop over chunks.
+
+    With sources X_0 = S0 and X_{j+1} = writes_j: S_i = sum_{s <= i} exp(L_s + ... + L_{i-1}) X_s. The segment
+    sums come from a masked cumulative sum, never as the difference of two long cumulative sums."""
+    n = log_decay.shape[-1]
+    m = torch.arange(n, device=log_decay.device)
+    idx = torch.arange(n + 1, device=log_decay.device)
+    terms = log_decay[..., :, None] * (m[:, None] >= idx[None, :])  # [B, H, m, s]: L_m for m >= s
+    seg = F.pad(terms.cumsum(-2), [0, 0, 1, 0])  # [B, H, i, s]: L_s + ... + L_{i-1} (0 on row 0)
+    weights = seg.masked_fill(idx[None, :] > idx[:, None], float("-inf")).exp()  # s <= i only
+    sources = torch.cat([S0[:, :, None], writes], dim=2)  # [B, H, n + 1, Dk, Dv]
+    return torch.einsum("bhis,bhskv->bhikv", weights, sources)
 
 
 def _simple_gla_windowed(q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk: int, window: int, scale: float):
@@ -221,10 +236,13 @@ def gated_delta_chunked(
     k_dec = k * (gc[..., -1:] - gc).exp()[..., None]
     chunk_decay = gc[..., -1].exp()
     outs = []
-    for i in range(n):
-        u = u0[:, :, i] - w[:, :, i] @ S
-        outs.append(q_dec[:, :, i] @ S + qk[:, :, i] @ u)
-        S = chunk_decay[:, :, i, None, None] * S + k_dec[:, :, i].transpose(-1, -2) @ u
+    # unbind, not indexing: the backward of x[:, :, i] writes a zero tensor of x's whole size per chunk
+    # (quadratic in the number of chunks); unbind's backward stacks the n gradients once.
+    per_chunk = zip(*(x.unbind(2) for x in (u0, w, q_dec, qk, k_dec, chunk_decay[..., None, None])), strict=True)
+    for u0_i, w_i, q_i, qk_i, k_i, decay_i in per_chunk:
+        u = u0_i - w_i @ S
+        outs.append(q_i @ S + qk_i @ u)
+        S = decay_i * S + k_i.transpose(-1, -2) @ u
     o = (torch.stack(outs, dim=2) * scale).reshape(B, H, n * C, Dv)[:, :, :T]
     return o.to(out_dtype), S
 

@@ -1,0 +1,26 @@
+"""The `benchmark` command on CPU: one row per (size, variant), written after every row, with the backends
+that ran and the overrides applied. Speed is not checked here (benchmarks measure, tests check)."""
+
+import pandas as pd
+
+from hybridlab.cli import main
+from hybridlab.train.benchmark import COLUMNS
+
+
+def test_benchmark_rows_backends_and_overrides(tmp_path):
+    out = tmp_path / "bench.csv"
+    rc = main(["benchmark", "--variants", "swa128", "gdn", "--sizes", "S1", "--context", "64", "--batch", "1",
+               "--steps", "1", "--set", "model.mixer_backend=torch", "model.d_ff=512", "--out", str(out)])
+    assert rc == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == list(COLUMNS)
+    assert list(table["variant"]) == ["swa128", "gdn"] and (table["status"] == "ok").all()
+    assert (table["tokens_per_s"] > 0).all()
+    assert (table["overrides"] == "model.mixer_backend=torch model.d_ff=512").all()
+    assert table.loc[0, "attn_backend"] == "sdpa" and table.loc[0, "mixer_backend"] == "-"
+    assert table.loc[1, "mixer_backend"] == "gdn:torch"
+    # the d_ff override reached the model: fewer parameters than S1's preset shape (d_ff 1115)
+    full_size = main(["benchmark", "--variants", "swa128", "--sizes", "S1", "--context", "64", "--steps", "1",
+                      "--out", str(tmp_path / "b2.csv")])
+    assert full_size == 0
+    assert pd.read_csv(tmp_path / "b2.csv").loc[0, "non_embedding_params"] > table.loc[0, "non_embedding_params"]
