@@ -64,6 +64,23 @@ def test_chunked_matches_recurrent_fp32_and_keeps_dtype(op):
 
 
 @pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("decay_scale", [1.0, 30.0])
+def test_many_chunks_and_strong_decay(op, decay_scale):
+    """Many chunks (the chunk states are summed over up to 50 chunk log-decays) and decays strong enough
+    that exp of a whole chunk's decay underflows in fp32: still equal to the recurrence, and finite."""
+    q, k, v, g, beta, h0 = _inputs(B=1, H=2, T=200, seed=1)
+    g = g * decay_scale
+    rec, chunked = _pair(op)
+    o_r, s_r = rec(q, k, v, g, beta, initial_state=h0)
+    o_c, s_c = chunked(q, k, v, g, beta, chunk=4, initial_state=h0)
+    torch.testing.assert_close(o_c, o_r, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(s_c, s_r, rtol=1e-9, atol=1e-9)
+    o_32, s_32 = chunked(*(x.float() for x in (q, k, v, g, beta)), chunk=4, initial_state=h0.float())
+    assert torch.isfinite(o_32).all() and torch.isfinite(s_32).all()
+    torch.testing.assert_close(o_32.double(), o_r, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_chunked_gradients_match_recurrent(op):
     leaves = [x.requires_grad_() for x in _inputs(B=1, H=2, T=11, Dk=4, Dv=3)]
     rec, chunked = _pair(op)
