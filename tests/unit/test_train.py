@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hybridlab.config import variant_names
 from hybridlab.data.prepare import prepare
 from hybridlab.train.run import train
 
@@ -26,7 +27,7 @@ def final_weights(run_dir):
     return torch.load(path, weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("variant", ["full", "swa128"])
+@pytest.mark.parametrize("variant", variant_names())  # a few steps of every variant
 def test_train_writes_run_folder(tmp_path, data_dir, smoke_cfg, variant):
     run = tmp_path / variant
     summary = train(smoke_cfg(variant, 0, *TINY, "train.steps=6"), data_dir, run)
