@@ -21,15 +21,24 @@ PAPER = f"{config['paper_dir']}/{SCALE}"
 # Arguments every stage gets: the scale and the Hydra overrides.
 COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in config["overrides"])])
 ON_GPU = PLAN.get("accelerator", "cpu") != "cpu"
-# On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs (see the script).
-GPU_WRAP = f"{sys.executable} {workflow.basedir}/workflow/scripts/gpu_lock.py --" if ON_GPU else ""
+
+
+def gpu_wrap(count=1):
+    """The command prefix that gives a job `count` GPUs of its own on a GPU machine (see the script); none on CPU."""
+    if not ON_GPU:
+        return ""
+    return f"{sys.executable} {workflow.basedir}/workflow/scripts/gpu_lock.py" + (f" --count {count}" if count > 1 else "") + " --"
+
+
+# On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs.
+GPU_WRAP = gpu_wrap()
 RUN = f"{RES}/runs/{{size}}/{{variant}}/seed{{seed}}"
 # The WSD scaling grid: one decay branch per budget point (train.budgets_k, schedule wsd); none at smoke/mini.
 _CFG = load_config(SCALE, VARIANTS[0], SEEDS[0], config["overrides"])
 # DDP: a training job with train.devices > 1 locks that many whole cards (every slot of each), so it counts
 # as that many cards' worth of the `gpu` resource.
 TRAIN_DEVICES = int(_CFG.train.devices)
-TRAIN_WRAP = GPU_WRAP.replace(" --", f" --count {TRAIN_DEVICES} --") if TRAIN_DEVICES > 1 else GPU_WRAP
+TRAIN_WRAP = gpu_wrap(TRAIN_DEVICES)
 TRAIN_GPUS = (1 if TRAIN_DEVICES == 1 else TRAIN_DEVICES * int(os.environ.get("HYBRIDLAB_JOBS_PER_GPU", "1"))) if ON_GPU else 0
 BUDGETS = [str(k) for k in _CFG.train.budgets_k] if _CFG.train.schedule == "wsd" else []
 

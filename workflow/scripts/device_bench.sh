@@ -8,14 +8,8 @@
 # Usage (repo root, wheels in .whl/): BENCH_TIMEOUT=480 bash workflow/scripts/device_bench.sh
 set -uo pipefail
 T0=$(date +%s)
-OUT=${OUT:-/tmp/out}; W=/tmp/bench; mkdir -p "$OUT" "$W"
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HYBRIDLAB_PROGRESS=0 TRITON_CACHE_DIR=/tmp/triton-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if ! python3 -c "import hydra" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
-fi
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/kernels:$PWD
+source workflow/scripts/device_env.sh
+W=/tmp/bench; mkdir -p "$W"
 nvidia-smi -L | tee "$W/gpus.txt"
 LEFT=$(( ${BENCH_TIMEOUT:-480} ))
 until_end() { echo $(( LEFT - ($(date +%s) - T0) )); }
@@ -51,11 +45,7 @@ echo "ddp2 exit $? at t=$(( $(date +%s) - T0 ))s" >> "$W/ddp2.log"
 ) &
 wait
 cp "$W/ddp1/metrics.csv" "$W/ddp1_metrics.csv" 2>/dev/null; cp "$W/ddp2/metrics.csv" "$W/ddp2_metrics.csv" 2>/dev/null
-python3 - > "$W/versions.txt" <<'PY'
-import platform, torch, triton, lightning
-print(f"python {platform.python_version()} torch {torch.__version__} triton {triton.__version__} "
-      f"lightning {lightning.__version__} cuda {torch.version.cuda} gpu {torch.cuda.get_device_name()}")
-PY
+device_versions > "$W/versions.txt"
 (cd "$W" && tar czf "$OUT/bench_results.tgz" --exclude='ddp1/*' --exclude='ddp2/*' --exclude=ddp1 --exclude=ddp2 .)
 for f in "$W"/bench_*.csv; do echo "== $f"; cat "$f"; done
 cat "$W/ddp_compare.txt"; tail -5 "$W/pytest_gpu.log"

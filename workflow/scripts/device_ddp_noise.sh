@@ -3,10 +3,7 @@
 # micro-batch split (16 x 2 accumulation instead of 32), i.e. the same global batch summed in another order,
 # then the original one-GPU configuration again (run-to-run nondeterminism). Usage: bash <this>
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/kernels PYTHONUNBUFFERED=1 HYBRIDLAB_PROGRESS=0
+source workflow/scripts/device_env.sh
 python3 -m hybridlab.cli prepare-data --scale mini --out /tmp/data > /dev/null 2>&1
 ARGS="--scale mini --variant full --seed 0 --data /tmp/data train.steps=400 train.warmup_steps=40 train.log_every=10
       train.n_checkpoints=1 train.devices=1"

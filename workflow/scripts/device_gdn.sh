@@ -2,10 +2,7 @@
 # Check the Gated DeltaNet hybrid's training speed against Lightning's on this GPU, then (if it is within
 # MIN_RATIO of it) run its mini runs through the DAG. Usage: MIN_RATIO=0.3 DAG_TIMEOUT=450 bash <this>
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/kernels PYTHONUNBUFFERED=1
+source workflow/scripts/device_env.sh
 python3 -m hybridlab.cli benchmark --variants lightning gdn --sizes S1 --context 4096 --batch 4 --steps 5 \
   --set model.mixer_backend=torch --out "$OUT/bench_gdn_S1_4k.csv" 2>&1 | grep -v Warning | tail -4
 ok=$(python3 -c "

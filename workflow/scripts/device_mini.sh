@@ -5,29 +5,9 @@
 # Usage (from the repo root): DAG_TIMEOUT=400 bash workflow/scripts/device_mini.sh [extra snakemake args]
 set -uo pipefail
 T0=$(date +%s)
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TRITON_CACHE_DIR=/tmp/triton-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if ! python3 -c "import snakemake, hydra" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD/src:$PWD/kernels
-fi
-mkdir -p /tmp/bin
-printf '#!/bin/sh\nexec python3 -m hybridlab.cli "$@"\n' > /tmp/bin/hybridlab
-printf '#!/bin/sh\nexec python3 -m snakemake "$@"\n' > /tmp/bin/snakemake
-chmod +x /tmp/bin/hybridlab /tmp/bin/snakemake
-export PATH=/tmp/bin:$PATH
+source workflow/scripts/device_env.sh
 nvidia-smi -L | tee "$OUT/gpus.txt"
-python3 - <<'PY' | tee "$OUT/versions.txt"
-import platform, torch, triton
-try:
-    import lightning as L
-except ImportError:
-    import pytorch_lightning as L
-print(f"python {platform.python_version()} torch {torch.__version__} triton {triton.__version__} "
-      f"lightning {L.__version__} cuda {torch.version.cuda} gpu {torch.cuda.get_device_name()}")
-PY
+device_versions | tee "$OUT/versions.txt"
 NGPU=$(nvidia-smi -L | grep -c '^GPU ')
 export HYBRIDLAB_JOBS_PER_GPU=${JOBS_PER_GPU:-4}
 SLOTS=$((NGPU * HYBRIDLAB_JOBS_PER_GPU))

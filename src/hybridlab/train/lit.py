@@ -176,9 +176,9 @@ class RunRecorder(pl.Callback):
         if trainer.is_global_zero and step in self.ckpt_steps:
             save_weights(pl_module.model, self.run_dir / "ckpt", step, step * self.tokens_per_step)
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
-            save_last(trainer, self.run_dir, f"forks/step_{step:08d}.ckpt")
+            save_state(trainer, fork_path(self.run_dir, step))
         if step % self.last_every == 0 or step == trainer.max_steps:
-            save_last(trainer, self.run_dir)
+            save_state(trainer, self.run_dir / "last.ckpt")
 
     def _log_row(self, trainer, pl_module, step: int) -> None:
         loss = pl_module.step_loss()
@@ -208,8 +208,13 @@ def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
     return path
 
 
-def save_last(trainer, run_dir: Path, name: str = "last.ckpt") -> None:
-    path = Path(run_dir) / name
+def fork_path(run_dir: Path, step: int) -> Path:
+    """The full training state at a WSD branch's fork step, from which `train_branch` resumes."""
+    return Path(run_dir) / "forks" / f"step_{step:08d}.ckpt"
+
+
+def save_state(trainer, path: Path) -> None:
+    """Full training state (resume point) written atomically to `path`."""
     # Trainer.save_checkpoint is a collective (it ends in a barrier): every rank calls it, and Lightning's
     # strategy writes on global rank 0 alone, which alone goes through the atomic temporary file.
     if trainer.is_global_zero:

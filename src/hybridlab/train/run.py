@@ -28,7 +28,7 @@ from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
 from hybridlab.io import atomic_path, read_json, write_json, write_table
 from hybridlab.models import build_model
-from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, pl
+from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, fork_path, pl
 from hybridlab.train.schedule import (
     Branch,
     log_spaced_checkpoints,
@@ -97,10 +97,6 @@ def branch_plan(cfg: DictConfig, n_params: int) -> list[Branch]:
     per_step = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
     reached = [int(k * n_params) for k in t.budgets_k if -(-int(k * n_params) // per_step) <= int(t.steps)]
     return wsd_branch_plan(reached, per_step, float(t.decay_frac), int(t.warmup_steps)) if reached else []
-
-
-def fork_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "forks" / f"step_{step:08d}.ckpt"
 
 
 def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
