@@ -76,3 +76,18 @@ def test_flops_exceed_six_n_approximation_only_through_attention(smoke_cfg):
     head = 2 * t * m.shape.d_model * VOCAB
     attn = 4 * m.shape.head_dim * m.shape.n_heads * (t * (t + 1) // 2) * m.shape.n_layers
     assert m.flops_per_sequence(t) == matmul + head + attn
+
+
+@pytest.mark.parametrize("variant", ["swa128", "lightning", "mamba2", "gdn"])
+def test_only_residual_outputs_get_the_residual_init_scale(smoke_cfg, variant):
+    """Every input projection of every mixer starts at std 0.02 like attention's qkv; the projections that
+    write into the residual stream (mixer outputs, MLP down) at 0.02 / sqrt(2 L)."""
+    torch.manual_seed(0)
+    model = build_model(smoke_cfg(variant), VOCAB)
+    residual = {id(b.mixer.residual_out.weight) for b in model.blocks} | {id(b.mlp.down.weight) for b in model.blocks}
+    scaled = 0.02 / (2 * len(model.blocks)) ** 0.5
+    linears = [(n, m.weight) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(residual) == 2 * len(model.blocks)
+    for name, w in linears:
+        expected = scaled if id(w) in residual else 0.02
+        assert abs(w.std().item() / expected - 1) < 0.3, (name, w.std().item(), expected)

@@ -119,11 +119,13 @@ class Toy(nn.Module):
 
 
 def test_split_params_routes_by_name_and_shape():
-    routes = {k: [n for n, _ in v] for k, v in split_params(Toy().named_parameters()).items()}
-    assert routes["muon"] == ["proj.weight", "out.weight"]
-    assert routes["adamw_decay"] == ["embedding.weight", "conv.weight", "lm_head.weight"]
-    assert sorted(routes["adamw_no_decay"]) == sorted(
-        ["conv.bias", "attn_norm.weight", "attn_norm.bias", "proj.bias", "final_norm.weight"]
+    toy = Toy()
+    toy.out.weight._no_weight_decay = True
+    routes = {k: [n for n, _ in v] for k, v in split_params(toy.named_parameters()).items()}
+    assert routes["hidden"] == ["proj.weight"]
+    assert sorted(routes["other"]) == sorted(
+        ["embedding.weight", "conv.weight", "conv.bias", "attn_norm.weight", "attn_norm.bias", "proj.bias",
+         "out.weight", "final_norm.weight", "lm_head.weight"]
     )
 
 
@@ -131,9 +133,9 @@ def test_build_optimizers_groups_and_scheduler():
     opt = build_optimizers(Toy(), lr=1e-3, muon_lr=2e-2, weight_decay=0.1)
     by_name = {g["name"]: g for g in opt.param_groups}
     assert by_name["muon"]["use_muon"] and by_name["muon"]["lr"] == 2e-2
-    assert by_name["adamw_no_decay"]["weight_decay"] == 0.0
+    assert by_name["muon"]["weight_decay"] == 0.1 and by_name["adamw"]["weight_decay"] == 0.0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
-    assert sched.get_last_lr() == [1e-2, 5e-4, 5e-4]
+    assert sched.get_last_lr() == [1e-2, 5e-4]
 
 
 def test_invalid_groups_raise():
@@ -190,3 +192,21 @@ def test_state_dict_round_trip_gives_identical_updates():
         regression_step(resumed, resumed_opt, s)
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_only_hidden_matrices_are_decayed_in_the_lm(smoke_cfg, optimizer):
+    """Embeddings, output head, norms, conv filters and the Mamba decay parameters get no weight decay; the
+    blocks' weight matrices do, on the AdamW path and the Muon path alike."""
+    from hybridlab.models import build_model
+    from hybridlab.train.lit import LitLM
+
+    cfg = smoke_cfg("mamba2", 0, f"train.optimizer={optimizer}")
+    model = build_model(cfg, 50)
+    opt = LitLM(model, cfg).configure_optimizers()["optimizer"]
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert set(decay) == {id(p) for p in names.values()}
+    for name, p in names.items():
+        hidden = name.startswith("blocks.") and p.ndim == 2
+        assert decay[id(p)] == (cfg.train.weight_decay if hidden else 0.0), name

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hybridlab.models.recurrent import MIXERS, build_recurrent_mixer, fla_backend, ops, which_backend
+from hybridlab.models.recurrent import MIXERS, build_recurrent_mixer, fla_backend, lightning, ops, which_backend
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -303,3 +303,50 @@ def test_mixers_on_cuda_match_torch_backend(kind):
         y_auto = _mixer(kind, "auto").float().cuda()(x)
         y_torch = _mixer(kind, "torch").float().cuda()(x)
     assert _rel(y_auto, y_torch) < 3e-2
+
+
+# ------------------------------------------------------------------------ Lightning Attention as published
+
+
+def test_alibi_slopes_and_depth_factor():
+    assert lightning.alibi_slopes(4) == [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8]
+    # 6 heads: the 4-head slopes, then slopes 1 and 3 of the 8-head set (2^-1, 2^-3)
+    assert lightning.alibi_slopes(6) == [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]
+    first, middle, last = (lightning.decay_rates(4, layer, 4) for layer in (0, 2, 3))
+    assert first == pytest.approx([s * (1 + 1e-5) for s in lightning.alibi_slopes(4)])
+    assert middle == pytest.approx([s * (1 / 3 + 1e-5) for s in lightning.alibi_slopes(4)])
+    assert max(last) < 1e-5  # the last layer hardly decays: deep layers remember longer
+    assert lightning.decay_rates(2, 0, 1) == pytest.approx([s * (1 + 1e-5) for s in lightning.alibi_slopes(2)])
+
+
+@pytest.mark.parametrize("layer_idx", [0, 2])
+def test_lightning_matches_an_independent_step_by_step_form(layer_idx):
+    """The module against the published layer written out token by token: SiLU(q, k, v), S_t = exp(-s) S_{t-1}
+    + k_t^T v_t, o_t = q_t S_t unscaled, then sigmoid(gate) * RMSNorm(o) over the whole inner width, W_o."""
+    torch.manual_seed(0)
+    m = build_recurrent_mixer("lightning", D_MODEL, N_HEADS, HEAD_DIM, inner_dim=INNER, chunk=4,
+                              layer_idx=layer_idx, n_layers=4, backend="torch").double()
+    x = _x()
+    B, T, H = x.shape[0], x.shape[1], N_HEADS
+    q, k, v = (F.silu(p(x)).view(B, T, H, -1) for p in (m.q_proj, m.k_proj, m.v_proj))
+    decay = torch.exp(-torch.tensor(lightning.decay_rates(H, layer_idx, 4), dtype=F64))
+    S = torch.zeros(B, H, HEAD_DIM, INNER // H, dtype=F64)
+    outs = []
+    for t in range(T):
+        S = decay[None, :, None, None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S).reshape(B, -1))
+    o = torch.stack(outs, dim=1)
+    normed = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-6) * m.norm.weight
+    expected = m.o_proj(torch.sigmoid(m.g_proj(x)) * normed)
+    torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_lightning_decay_depends_on_depth_in_the_model(smoke_cfg):
+    from hybridlab.models import build_model
+
+    model = build_model(smoke_cfg("lightning"), 50)
+    mixers = [b.mixer for b in model.blocks if not b.spec.is_attention]
+    layers = [i for i, b in enumerate(model.blocks) if not b.spec.is_attention]
+    assert [m.rates for m in mixers] == [lightning.decay_rates(N, i, len(model.blocks))
+                                         for m, i, N in zip(mixers, layers, [model.shape.n_heads] * 2, strict=True)]
+    assert mixers[0].rates[0] > mixers[1].rates[0]

@@ -104,6 +104,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * n_heads * head_dim, bias=False)
         self.proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
 
+    @property
+    def residual_out(self) -> nn.Linear:
+        """The projection that writes into the residual stream (the model scales its initialisation)."""
+        return self.proj
+
     def effective_windows(self, limit_full: int | None = None, limit_windowed: int | None = None) -> tuple:
         """Per-head windows after a receptive-field constraint on the full heads or the windowed heads."""
         out = []

@@ -51,22 +51,23 @@ class SwiGLU(nn.Module):
                               * self.down.out_features)
 
 
-def build_mixer(spec: LayerSpec, shape: ModelShape) -> nn.Module:
+def build_mixer(spec: LayerSpec, shape: ModelShape, layer_idx: int) -> nn.Module:
     if spec.is_attention:
         return Attention(shape.d_model, shape.n_heads, shape.head_dim, spec.windows, spec.rope,
                          shape.rope_theta, spec.sinks, shape.attn_backend)
     from hybridlab.models.recurrent import build_recurrent_mixer
 
-    return build_recurrent_mixer(spec.kind, shape.d_model, shape.n_heads, shape.head_dim,
-                                 inner_dim=shape.mixer_inner.get(spec.kind), backend=shape.mixer_backend)
+    return build_recurrent_mixer(spec.kind, shape.d_model, shape.n_heads, shape.head_dim, layer_idx=layer_idx,
+                                 n_layers=shape.n_layers, inner_dim=shape.mixer_inner.get(spec.kind),
+                                 backend=shape.mixer_backend)
 
 
 class Block(nn.Module):
-    def __init__(self, spec: LayerSpec, shape: ModelShape):
+    def __init__(self, spec: LayerSpec, shape: ModelShape, layer_idx: int):
         super().__init__()
         self.spec = spec
         self.norm1 = nn.RMSNorm(shape.d_model)
-        self.mixer = build_mixer(spec, shape)
+        self.mixer = build_mixer(spec, shape, layer_idx)
         self.norm2 = nn.RMSNorm(shape.d_model)
         self.mlp = SwiGLU(shape.d_model, shape.d_ff)
 
@@ -94,13 +95,15 @@ class HybridLM(nn.Module):
             raise ValueError(f"layout has {len(layout)} layers, shape says {shape.n_layers}")
         self.shape, self.layout = shape, layout
         self.embed = nn.Embedding(shape.vocab_size, shape.d_model)
-        self.blocks = nn.ModuleList(Block(spec, shape) for spec in layout)
+        self.blocks = nn.ModuleList(Block(spec, shape, i) for i, spec in enumerate(layout))
         self.norm = nn.RMSNorm(shape.d_model)
         self.lm_head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
         self.apply(self._init)
-        for name, p in self.named_parameters():
-            if name.endswith(("proj.weight", "down.weight")):  # residual outputs: keep the stream's scale
-                nn.init.normal_(p, std=0.02 / (2 * shape.n_layers) ** 0.5)
+        # GPT-2's residual scaling, on the projections that write into the residual stream only (each mixer's
+        # output projection and the MLP's down projection); every input projection keeps std 0.02.
+        for block in self.blocks:
+            for out in (block.mixer.residual_out, block.mlp.down):
+                nn.init.normal_(out.weight, std=0.02 / (2 * shape.n_layers) ** 0.5)
 
     @staticmethod
     def _init(m: nn.Module) -> None:

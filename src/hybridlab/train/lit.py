@@ -122,7 +122,9 @@ class LitLM(pl.LightningModule):
             opt = build_optimizers(self.model, lr=t.lr, muon_lr=t.muon_lr, weight_decay=t.weight_decay,
                                    betas=tuple(t.betas))
         else:
-            opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+            from hybridlab.train.muon import adamw_groups
+
+            opt = torch.optim.AdamW(adamw_groups(self.model, float(t.weight_decay)), lr=t.lr,
                                     betas=tuple(t.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, self.cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -209,23 +209,33 @@ def _check_group(index: int, group: dict[str, Any]) -> None:
 def split_params(
     named_params: Iterable[tuple[str, Tensor]], adamw_patterns: Sequence[str] = ADAMW_NAME_PATTERNS
 ) -> dict[str, list[tuple[str, Tensor]]]:
-    """Route parameters: "muon" (2-D, name matches no AdamW pattern), "adamw_decay" (other >= 2-D tensors:
-    embeddings, output head, conv kernels) and "adamw_no_decay" (1-D and scalar: norms, biases, gates).
+    """Route parameters by the convention both optimizer paths follow:
+      "hidden"  the 2-D weight matrices of the hidden layers (name matches no AdamW pattern, not flagged
+                `_no_weight_decay`): Muon's matrices, and the only parameters that get weight decay;
+      "other"   everything else: embeddings and output head (name patterns), norms, biases, conv filters,
+                decay parameters (A_log, dt_bias, D) and any parameter flagged `_no_weight_decay`: AdamW,
+                never decayed.
 
     Frozen parameters (requires_grad False) are left out. Matching is case-insensitive on the full name.
     """
-    routes: dict[str, list[tuple[str, Tensor]]] = {"muon": [], "adamw_decay": [], "adamw_no_decay": []}
+    routes: dict[str, list[tuple[str, Tensor]]] = {"hidden": [], "other": []}
     for name, p in named_params:
         if not p.requires_grad:
             continue
         lowered = name.lower()
-        if p.ndim == 2 and not any(pattern in lowered for pattern in adamw_patterns):
-            routes["muon"].append((name, p))
-        elif p.ndim >= 2:
-            routes["adamw_decay"].append((name, p))
-        else:
-            routes["adamw_no_decay"].append((name, p))
+        hidden = (p.ndim == 2 and not any(pattern in lowered for pattern in adamw_patterns)
+                  and not getattr(p, "_no_weight_decay", False))
+        routes["hidden" if hidden else "other"].append((name, p))
     return routes
+
+
+def adamw_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups by `split_params`: "decay" (the hidden matrices, `weight_decay`) and "no_decay"
+    (everything else, 0); empty groups are omitted."""
+    routes = split_params(model.named_parameters())
+    groups = [{"name": "decay", "params": [p for _, p in routes["hidden"]], "weight_decay": weight_decay},
+              {"name": "no_decay", "params": [p for _, p in routes["other"]], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizers(
@@ -242,21 +252,18 @@ def build_optimizers(
     ns_dtype: str = "auto",
     adamw_patterns: Sequence[str] = ADAMW_NAME_PATTERNS,
 ) -> MuonAdamW:
-    """One `MuonAdamW` for `model`: Muon (lr `muon_lr`) on hidden matrices, AdamW (lr `lr`) on the rest.
-
-    `weight_decay` applies to the Muon group and to the >= 2-D AdamW tensors; 1-D tensors are not decayed.
-    Each group has a "name" key ("muon", "adamw_decay", "adamw_no_decay") for logging; empty groups are
-    omitted.
+    """One `MuonAdamW` for `model`: Muon (lr `muon_lr`, `weight_decay`) on the hidden matrices, AdamW (lr `lr`,
+    no weight decay) on the rest (`split_params`). Each group has a "name" key ("muon", "adamw") for logging;
+    empty groups are omitted.
     """
     routes = split_params(model.named_parameters(), adamw_patterns)
     settings = {
-        "muon": {"use_muon": True, "lr": muon_lr, "weight_decay": weight_decay},
-        "adamw_decay": {"use_muon": False, "lr": lr, "weight_decay": weight_decay},
-        "adamw_no_decay": {"use_muon": False, "lr": lr, "weight_decay": 0.0},
+        "muon": ("hidden", {"use_muon": True, "lr": muon_lr, "weight_decay": weight_decay}),
+        "adamw": ("other", {"use_muon": False, "lr": lr, "weight_decay": 0.0}),
     }
     groups = [
-        {"name": route, "params": [p for _, p in routes[route]], **settings[route]}
-        for route in settings
+        {"name": name, "params": [p for _, p in routes[route]], **extra}
+        for name, (route, extra) in settings.items()
         if routes[route]
     ]
     if not groups:

@@ -17,7 +17,8 @@ MIXERS: dict[str, type[nn.Module]] = {"lightning": LightningAttention, "mamba2":
 
 
 def build_recurrent_mixer(kind: str, d_model: int, n_heads: int, head_dim: int, **kw) -> nn.Module:
-    """kind in MIXERS; kw are the mixer's keyword arguments (inner_dim, conv_size, backend, ...)."""
+    """kind in MIXERS; kw are the mixer's keyword arguments (layer_idx, n_layers, inner_dim, conv_size,
+    backend, ...)."""
     if kind not in MIXERS:
         raise ValueError(f"mixer: unknown recurrent mixer {kind!r}; allowed: {sorted(MIXERS)}")
     return MIXERS[kind](d_model, n_heads, head_dim, **kw)

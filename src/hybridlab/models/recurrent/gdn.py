@@ -29,13 +29,16 @@ class GatedDeltaNet(nn.Module):
         n_heads: int,
         head_dim: int,
         *,
+        layer_idx: int = 0,
+        n_layers: int = 1,
         inner_dim: int | None = None,
         conv_size: int = 4,
         backend: str = "auto",
         chunk: int = ops.CHUNK,
         norm_eps: float = 1e-6,
     ):
-        """head_dim is the q/k width per head; inner_dim (default n_heads * head_dim) the value width."""
+        """head_dim is the q/k width per head; inner_dim (default n_heads * head_dim) the value width.
+        layer_idx and n_layers are accepted for a uniform signature and unused."""
         super().__init__()
         fla_backend.check_backend(backend)
         self.n_heads, self.head_dim = n_heads, head_dim
@@ -50,6 +53,11 @@ class GatedDeltaNet(nn.Module):
         self.A_log, self.dt_bias = decay_parameters(n_heads)
         self.norm = GatedRMSNorm(self.inner_dim, self.inner_dim // n_heads, eps=norm_eps)
         self.o_proj = nn.Linear(self.inner_dim, d_model, bias=False)
+
+    @property
+    def residual_out(self) -> nn.Linear:
+        """The projection that writes into the residual stream (the model scales its initialisation)."""
+        return self.o_proj
 
     def forward(
         self, x: Tensor, state: dict | None = None, return_state: bool = False, window: int | None = None

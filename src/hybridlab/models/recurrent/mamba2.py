@@ -30,6 +30,8 @@ class Mamba2(nn.Module):
         n_heads: int,
         head_dim: int,
         *,
+        layer_idx: int = 0,
+        n_layers: int = 1,
         inner_dim: int | None = None,
         conv_size: int = 4,
         backend: str = "auto",
@@ -38,6 +40,7 @@ class Mamba2(nn.Module):
         chunk: int = ops.CHUNK,
         norm_eps: float = 1e-6,
     ):
+        """layer_idx and n_layers are accepted for a uniform signature and unused."""
         super().__init__()
         if n_groups < 1 or n_heads % n_groups:
             raise ValueError(f"n_groups must divide n_heads={n_heads}, got {n_groups}")
@@ -54,6 +57,11 @@ class Mamba2(nn.Module):
         self.D._no_weight_decay = True
         self.norm = GatedRMSNorm(self.inner_dim, self.inner_dim // n_heads, gate_first=True, eps=norm_eps)
         self.out_proj = nn.Linear(self.inner_dim, d_model, bias=False)
+
+    @property
+    def residual_out(self) -> nn.Linear:
+        """The projection that writes into the residual stream (the model scales its initialisation)."""
+        return self.out_proj
 
     def forward(
         self, x: Tensor, state: dict | None = None, return_state: bool = False, window: int | None = None
