@@ -7,7 +7,8 @@
     hybridlab evaluate     --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out eval.csv
     hybridlab receptive    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out receptive.csv
     hybridlab analyze      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out heads.csv
-                           [--trajectory trajectory.csv] [--onset onset.csv] [--masking masking.csv]
+                           [--trajectory trajectory.csv] [--traced traced.csv] [--onset onset.csv]
+                           [--masking masking.csv]
     hybridlab probe        --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out probe.csv
     hybridlab gradinf      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out gradinf.csv
     hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
@@ -139,7 +140,7 @@ def cmd_scaling_fit(a) -> None:
     _write(a, fit)
 
 
-ANALYZE_EXTRA = ("trajectory", "onset", "masking")  # tables `analyze` writes besides heads.csv, when asked
+ANALYZE_EXTRA = ("trajectory", "traced", "onset", "masking")  # tables `analyze` writes besides heads.csv, when asked
 # The per-run stage commands that read a data folder and a run folder and write one table (--out).
 RUN_STAGES = (
     ("evaluate", cmd_evaluate, "evaluate every checkpoint of a run (eval.csv)"),

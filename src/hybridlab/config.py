@@ -283,7 +283,9 @@ RULES: dict[str, Rule] = {
     "train.num_workers": integer(0),
     "eval.niah_lengths": list_of(number(0, open_lo=True)),
     "eval.niah_samples": integer(1),
-    "eval.niah_depths": list_of(number(0, 1)),
+    "eval.niah_depth_range": Rule(lambda v: isinstance(v, list | ListConfig) and len(v) == 2
+                                  and all(_is_num(x) for x in v) and 0 <= v[0] <= v[1] <= 1,
+                                  "[lo, hi] with 0 <= lo <= hi <= 1 (fractions of the haystack)"),
     "eval.val_batches": integer(1),
     "eval.batch_size": integer(1),
     "eval.onset_threshold": optional(number(0, 1, open_lo=True, open_hi=True)),
@@ -293,6 +295,9 @@ RULES: dict[str, Rule] = {
     "eval.haystack_file": optional(existing("file")),
     "eval.pos_bucket_min": optional(integer(1)),
     "eval.top_heads": optional(integer(1)),
+    "eval.retrieval_query_from_end": optional(Rule(lambda v: _is_int(v) and 1 <= v <= 4,
+                                                   "an integer in [1, 4] (1: the last token; the authors: 2)")),
+    "eval.needle_span": optional(one_of("first", "answer")),
     "variant.first_full": integer(0),
     "variant.sinks": integer(0),
     "variant.full_rope": BOOL,
@@ -375,4 +380,12 @@ def _validate(cfg: DictConfig) -> None:
            f"({t.num_nodes}))")
     from hybridlab.models.layout import build_layout  # local: layout validation shares the error type
 
-    build_layout(cfg.variant, cfg.model, cfg.scale)
+    layout = build_layout(cfg.variant, cfg.model, cfg.scale)
+    windows = [w for spec in layout for w in spec.windows if w is not None]
+    hi = cfg.eval.niah_depth_range[1]
+    if windows and max(windows) >= (1 - hi) * cfg.scale.context:
+        # A needle inside a sliding window is found by the SWA layer without any full-attention retrieval.
+        raise ConfigError("eval.niah_depth_range", list(cfg.eval.niah_depth_range),
+                          f"a range whose upper end leaves every needle more than the variant's largest window "
+                          f"({max(windows)} tokens) before the question at the training context "
+                          f"({cfg.scale.context}): hi < {1 - max(windows) / cfg.scale.context:.4g}")

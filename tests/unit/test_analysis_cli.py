@@ -16,7 +16,8 @@ from hybridlab.train.lit import save_weights
 
 OVERRIDES = ["scale.context=64", "data.n_train_seqs=8", "data.n_val_seqs=8", "eval.niah_samples=8",
              "eval.niah_lengths=[1.0]", "eval.ruler_tasks=[niah_single,niah_multivalue]", "eval.ruler_samples=4",
-             "eval.probe_samples=64", "eval.val_batches=1", "eval.gradinf_samples=2", "eval.masking_draws=2"]
+             "eval.probe_samples=64", "eval.val_batches=1", "eval.gradinf_samples=2", "eval.masking_draws=2",
+             "eval.onset_threshold=1e-6"]  # random weights: every head's mass crosses this, so all trace
 VARIANT = "swa128"
 
 
@@ -40,9 +41,22 @@ def run(tmp_path_factory) -> dict[str, Path]:
     for cmd in ("evaluate", "receptive", "probe", "gradinf"):
         kind = "eval" if cmd == "evaluate" else cmd
         assert main([cmd, "--out", str(out[kind]), *args]) == 0
-    extra = [f"--{k}={out[k]}" for k in ("trajectory", "onset", "masking")]
+    extra = [f"--{k}={out[k]}" for k in ("trajectory", "traced", "onset", "masking")]
     assert main(["analyze", "--out", str(out["heads"]), *extra, *args]) == 0
+    out["args"] = args
     return out
+
+
+def test_only_full_attention_heads_are_traced_and_unformed_runs_have_no_trajectory(run, tmp_path):
+    traced = pd.read_csv(run["traced"])
+    assert len(traced) == 4 and set(traced["role"]) == {"full"} and set(traced["layer"]) <= {1, 3}
+    assert traced["formed"].all() and (traced["final_mass"].diff().dropna() <= 0).all()
+    out = {k: tmp_path / f"{k}.csv" for k in ("heads", "trajectory", "traced")}
+    assert main(["analyze", "--out", str(out["heads"]), f"--trajectory={out['trajectory']}",
+                 f"--traced={out['traced']}", *run["args"], "eval.onset_threshold=0.999"]) == 0
+    assert pd.read_csv(out["trajectory"]).empty  # no head crossed 0.999: nothing is traced over training
+    unformed = pd.read_csv(out["traced"])
+    assert len(unformed) == 4 and not unformed["formed"].any() and np.isinf(unformed["onset_tokens"]).all()
 
 
 def test_every_table_has_its_schema_and_rows(run):

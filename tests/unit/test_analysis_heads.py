@@ -121,3 +121,21 @@ def test_onset_of_a_synthetic_trajectory():
     assert first == 100.0 and interp == pytest.approx(10 ** 1.5)
     assert onset(x, np.array([0.6, 0.7, 0.8, 0.9]), 0.5) == (1.0, 1.0)
     assert onset(x, np.array([0.1, 0.2, 0.5, 0.4]), 0.5) == (float("inf"), float("inf"))  # must exceed
+
+
+def test_the_authors_definition_sums_the_answer_span_at_the_second_to_last_token():
+    """Needles of two value tokens: the key query splits its mass between them, so the first-token score is
+    1/2 and the whole-answer score (the authors' span) is 1; at the second-to-last token (a filler word with
+    no query) attention is uniform over its T - 1 keys, so the span holds 2 / (T - 1)."""
+    model, ds = copy_model(), Niah()
+    ds.tokens[np.arange(N), ds.needle_pos + 1] = ds.answer
+    two = np.full(N, 2)
+    first = head_scores(model, ds.tokens, ds.needle_pos, batch=8, device=CPU)
+    answer = head_scores(model, ds.tokens, ds.needle_pos, batch=8, device=CPU, span="answer", needle_len=two)
+    authors = head_scores(model, ds.tokens, ds.needle_pos, batch=8, device=CPU, span="answer", needle_len=two,
+                          query_from_end=2)
+    assert first["needle_mass"][0, 0] == pytest.approx(0.5, abs=1e-5)
+    assert answer["needle_mass"][0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert authors["needle_mass"][0, 0] == pytest.approx(2 / (T - 1), abs=1e-5)
+    with pytest.raises(ValueError, match="span"):
+        head_scores(model, ds.tokens, ds.needle_pos, batch=8, device=CPU, span="all")

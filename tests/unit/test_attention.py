@@ -81,3 +81,35 @@ def test_flops_hand_count():
     assert attn.flops(t) == proj + 2 * 2 * 8 * 4 * (t * (t + 1) // 2)
     swa = Attention(32, 4, 8, (3,) * 4, True)
     assert swa.flops(t) == proj + 2 * 2 * 8 * 4 * (3 * 4 // 2 + 7 * 3)
+
+
+def test_sinks_never_go_to_flash_attn(monkeypatch):
+    """flash-attn's window has no attention sinks: windows with sinks take FlexAttention under auto, and a forced
+    flash backend is a config error naming the key."""
+    from hybridlab.config import ConfigError
+    from hybridlab.models import attention
+
+    monkeypatch.setattr(attention, "_flash_available", lambda: True)
+    cuda = torch.device("cuda")
+    assert attention.select_backend("auto", cuda, (16,) * 4, sinks=0) == "flash"
+    assert attention.select_backend("auto", cuda, (16,) * 4, sinks=4) == "flex"
+    with pytest.raises(ConfigError, match="model.attn_backend.*sink"):
+        attention.select_backend("flash", cuda, (16,) * 4, sinks=4)
+
+
+def test_headwise_layout_honours_full_rope(smoke_cfg):
+    """Head-wise mixing with NoPE on its full heads: the full heads' queries and keys are not rotated, the SWA
+    heads' are (RoPE kept on the windowed heads)."""
+    from hybridlab.models import build_model
+
+    model = build_model(smoke_cfg("swa128_headwise", 0, "variant.full_rope=false"), 50)
+    attn = model.blocks[0].mixer
+    full = [h for h, w in enumerate(attn.windows) if w is None]
+    assert [attn.rope_heads[h] for h in full] == [False] * len(full) and any(attn.rope_heads)
+    x = torch.randn(1, 12, attn.qkv.in_features)
+    cap = {}
+    attn(x, capture=cap)
+    raw_q = attn.qkv(x).view(1, 12, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4)[0]
+    torch.testing.assert_close(cap["q"][:, full], raw_q[:, full])
+    swa = [h for h in range(attn.n_heads) if h not in full]
+    assert not torch.allclose(cap["q"][:, swa], raw_q[:, swa])

@@ -15,6 +15,7 @@ from hybridlab.data.prepare import prepare
 from hybridlab.data.shards import MANIFEST, load_key_mask, load_split
 from hybridlab.data.synthetic import DEF, QRY
 from hybridlab.io import CorruptFileError, read_json
+from hybridlab.models.layout import build_layout
 
 SMALL = ["scale.context=128", "data.n_train_seqs=300", "data.n_val_seqs=8", "eval.niah_samples=6",
          "eval.ruler_samples=6", "eval.probe_samples=16", "data.copies_per_token=0.01"]
@@ -42,7 +43,7 @@ def test_same_seed_gives_byte_identical_folders(cfg, data, tmp_path, monkeypatch
     assert other == manifest
     a, b = digests(folder), digests(tmp_path / "b")
     assert a == b
-    assert sum(k.startswith(("evalsets/", "niah_")) for k in a) == 4 * 7 * len(TASKS) + 4 * 4
+    assert sum(k.startswith(("evalsets/", "niah_")) for k in a) == 4 * 7 * len(TASKS) + 4 * 5
     monkeypatch.setattr("hybridlab.data.prepare.SEQS_PER_SHARD", 128)  # the rows do not depend on sharding
     sharded = prepare(cfg, tmp_path / "c")
     assert len(sharded["splits"]["train"]) == 3 and len(manifest["splits"]["train"]) == 1
@@ -156,3 +157,25 @@ def test_a_changed_config_rebuilds_and_removes_stale_files(data, tmp_path):
     assert set(m["evalsets"]) == {"vt", "probe"}
     listed = {p.name for p in tmp_path.rglob("*.npy")}
     assert not any(n.startswith("niah_128") for n in listed) and read_json(tmp_path / MANIFEST) == m
+
+
+def test_needles_lie_beyond_the_largest_window_of_the_comparison(data):
+    """Depths in [1/4, 3/4]: at the training length every needle is more than a quarter of the haystack before
+    the question, beyond SWA-2048's window (16 tokens at context 128), so no SWA layer can answer alone."""
+    folder, _ = data
+    cfg = load_config("smoke", "swa2048", 0, SMALL)
+    window = max(w for spec in build_layout(cfg.variant, cfg.model, cfg.scale) for w in spec.windows if w)
+    ds = load_niah(folder, 128)
+    distance = 127 - ds.needle_pos
+    assert distance.min() > window and ds.depth.min() >= 0.25 and ds.depth.max() <= 0.75
+    probe = load_evalset(folder, "probe", 128)
+    assert (127 - probe.needle_pos[:, 0]).min() > window
+
+
+def test_a_depth_range_that_reaches_into_a_window_is_a_config_error():
+    from hybridlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval.niah_depth_range.*largest window \(32 tokens\)"):
+        load_config("smoke", "swa2048", 0, ["eval.niah_depth_range=[0.25,0.9]"])
+    with pytest.raises(ConfigError, match="eval.niah_depth_range"):
+        load_config("smoke", "full", 0, ["eval.niah_depth_range=[0.8,0.2]"])

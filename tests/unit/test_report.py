@@ -118,3 +118,13 @@ def test_claims_tables_hold_a_row_per_claim_and_every_seeds_numbers():
     assert set(c3["quantity"]) == {"seed", "swa128", "swa512", "swa2048", "outcome"}
     c2_units = set(seeds.data.loc[seeds.data["claim"] == "C2", "unit"])
     assert "swa2048/seed1" in c2_units
+
+
+def test_traced_heads_table_says_when_no_retrieval_head_formed():
+    from hybridlab.figures.report import traced_heads_table
+
+    table = traced_heads_table(synthetic_tables()).display
+    row = table[(table["variant"] == "full") & (table["seed"] == 1)].iloc[0]  # full seed 1 never forms
+    assert not row["formed"] and row.iloc[-1] == "no retrieval head formed"
+    formed = table[(table["variant"] == "swa128") & (table["seed"] == 0)].iloc[0]
+    assert formed["formed"] and formed.iloc[-1] == "L1H0 full 0.90"

@@ -1,7 +1,8 @@
 # Stage 4: mechanism analyses of a run (the per-run rule shape of `evaluate`: one `hybridlab` subcommand, one
 # flag per named output).
-# analyze: one pass over every checkpoint: retrieval-head scores, the top heads' trajectories, the onset of
-#          retrieval, and NIAH accuracy with heads masked on the final checkpoint.
+# analyze: one pass over every checkpoint: retrieval-head scores, the traced full-attention heads and the
+#          trajectories of those that formed, the onset of retrieval, and NIAH accuracy with heads masked on the
+#          final checkpoint.
 # probe:   layer-wise logistic-regression probes on the final checkpoint's residual stream.
 # gradinf: gradient influence G(d) of the input d tokens before the end, on the final checkpoint.
 
@@ -12,6 +13,7 @@ use rule evaluate as analyze with:
     output:
         out=f"{RUN}/heads.csv",
         trajectory=f"{RUN}/trajectory.csv",
+        traced=f"{RUN}/traced.csv",
         onset=f"{RUN}/onset.csv",
         masking=f"{RUN}/masking.csv",
     log:

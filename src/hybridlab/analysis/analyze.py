@@ -1,11 +1,12 @@
 """`hybridlab analyze`: one pass over a run's checkpoints for every head-level analysis.
 
 Per checkpoint, the NIAH set at the training context gives the head scores (analysis/retrieval.py) and the
-Q/K weights are kept; after the pass, the final checkpoint's top eval.top_heads heads (by needle mass) select
-the trajectories (analysis/trajectory.py), the onset is read off the full heads' needle mass, and the final
-model, still loaded, is re-evaluated on NIAH with heads masked (analysis/masking.py).
+Q/K weights are kept; after the pass, the final checkpoint's top eval.top_heads full-attention heads (by needle
+mass) are the traced retrieval heads, the trajectories follow those that formed (analysis/trajectory.py), the
+onset is read off the full heads' needle mass, and the final model, still loaded, is re-evaluated on NIAH with
+its top full-attention heads masked (analysis/masking.py).
 
-Returns the tables heads, trajectory, onset and masking (schemas in analysis/schemas.py).
+Returns the tables heads, trajectory, traced, onset and masking (schemas in analysis/schemas.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from hybridlab.analysis.masking import masking_table
-from hybridlab.analysis.retrieval import head_scores, heads_table, top_heads
-from hybridlab.analysis.trajectory import CheckpointRecord, onset_table, qk_weights, trajectory_table
+from hybridlab.analysis.retrieval import attention_heads, head_scores, heads_table, top_heads
+from hybridlab.analysis.trajectory import CheckpointRecord, onset_table, qk_weights, traced_table, trajectory_table
 from hybridlab.config import ConfigError
 from hybridlab.data.niah import load_niah
 from hybridlab.data.shards import read_manifest
@@ -45,17 +46,23 @@ def analyze_run(cfg, data_dir: str | Path, run_dir: str | Path) -> dict[str, pd.
     run = {"variant": cfg.variant.name, "seed": int(cfg.seed)}
     history, heads = [], []
     for model, info in iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device):
-        scores = head_scores(model, ds.tokens, ds.needle_pos, batch, device, n_last=N_LAST_QUERIES)
+        scores = head_scores(model, ds.tokens, ds.needle_pos, batch, device, n_last=N_LAST_QUERIES,
+                             query_from_end=int(cfg.eval.get("retrieval_query_from_end", 1)),
+                             span=str(cfg.eval.get("needle_span", "first")), needle_len=ds.needle_len)
         history.append(CheckpointRecord(info, scores, qk_weights(model)))
         heads.append(heads_table(model, scores, {**run, **info}, length))
     # `model` now holds the final checkpoint (iter_checkpoints loads each into the same module, oldest first)
     final = history[-1]
     ks = [int(k) for k in cfg.eval.masking_k]
-    top = top_heads(final.scores, max([int(cfg.eval.top_heads), *ks]))
+    threshold = float(cfg.eval.onset_threshold)
+    top = top_heads(final.scores, max([int(cfg.eval.top_heads), *ks]), attention_heads(model, "full"))
+    traced = traced_table(history, top[:int(cfg.eval.top_heads)], model, run, threshold)
+    formed = [(int(r.layer), int(r.head)) for r in traced.itertuples() if r.formed]
     return {
         "heads": pd.concat(heads, ignore_index=True),
-        "trajectory": trajectory_table(history, top[:int(cfg.eval.top_heads)], run, length),
-        "onset": onset_table(history, model, run, float(cfg.eval.onset_threshold)),
+        "trajectory": trajectory_table(history, formed, run, length),
+        "traced": traced,
+        "onset": onset_table(history, model, run, threshold),
         "masking": masking_table(model, masking_niah, top, ks, int(cfg.eval.masking_draws), int(cfg.seed), batch,
                                  device, {**run, **final.info}),
     }

@@ -8,7 +8,7 @@ a generator seeded by (run seed, k, draw); accuracies are averaged over eval.mas
 Output (masking.csv, columns MASKING_COLUMNS), at the final checkpoint, for each NIAH length of
 eval.masking_lengths (fractions of the context):
   k = 0, heads = none     the unmasked model
-  k > 0, heads = top      the k heads of highest needle mass on the final checkpoint masked
+  k > 0, heads = top      the k full-attention heads of highest needle mass on the final checkpoint masked
   k > 0, heads = random   k random non-top heads masked (mean over draws)
 """
 

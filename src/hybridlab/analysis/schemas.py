@@ -7,7 +7,10 @@ figures read it. Every table is tidy: one row per observation, the measured numb
   heads.csv       needle_mass, entropy, entropy_norm, copy_score per attention head (role full|efficient)
   receptive.csv   losses with the full or the efficient layers limited to the last `window` tokens
   probe.csv       probe_acc per layer of the residual stream (`resid`) or the layer's delta (`delta`)
-  trajectory.csv  entropy, entropy_norm, q_l2, k_l2, q_rel_l2, k_rel_l2, needle_mass of the final top heads
+  trajectory.csv  entropy, entropy_norm, q_l2, k_l2, q_rel_l2, k_rel_l2, needle_mass of the traced retrieval
+                  heads that formed (none for a run in which no full-attention retrieval head formed)
+  traced.csv      the traced heads: the top-k full-attention heads by final needle mass, each with its layer,
+                  role, final mass, onset and whether it formed (crossed eval.onset_threshold)
   onset.csv       onset_tokens, onset_step (+ _interp) of the strongest full head and of any full head
   gradinf.csv     grad_influence by distance bucket (distance = bucket upper bound)
   masking.csv     niah_acc with k heads masked: heads top | random (k = 0: heads none, the unmasked model)
@@ -22,6 +25,7 @@ HEAD_COLUMNS = (*RUN_KEYS, "layer", "head", "role", "metric", "length", "value")
 RECEPTIVE_COLUMNS = (*RUN_KEYS, "constrained", "window", "metric", "value")
 PROBE_COLUMNS = (*RUN_KEYS, "layer", "feature", "metric", "value")
 TRAJECTORY_COLUMNS = (*RUN_KEYS, "layer", "head", "metric", "value")
+TRACED_COLUMNS = ("variant", "seed", "rank", "layer", "head", "role", "final_mass", "onset_tokens", "formed")
 ONSET_COLUMNS = ("variant", "seed", "selection", "layer", "head", "metric", "value", "formed")
 GRADINF_COLUMNS = (*RUN_KEYS, "distance", "metric", "value")
 MASKING_COLUMNS = (*RUN_KEYS, "k", "heads", "length", "metric", "value")
@@ -35,6 +39,7 @@ TABLES = {
     "receptive": RECEPTIVE_COLUMNS,
     "probe": PROBE_COLUMNS,
     "trajectory": TRAJECTORY_COLUMNS,
+    "traced": TRACED_COLUMNS,
     "onset": ONSET_COLUMNS,
     "gradinf": GRADINF_COLUMNS,
     "masking": MASKING_COLUMNS,

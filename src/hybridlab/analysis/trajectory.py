@@ -1,7 +1,14 @@
 """How the final checkpoint's retrieval heads form over training: per-checkpoint trajectories and the onset.
 
-Trajectories (trajectory.csv, columns TRAJECTORY_COLUMNS): for the top-k heads of the final checkpoint (by
-needle mass, every attention head a candidate), at every checkpoint:
+Traced heads (traced.csv, columns TRACED_COLUMNS): the paper's target retrieval heads are the top-k heads by
+needle mass on the final checkpoint; here the candidates are the full-attention heads only (every head of a
+full layer, and the full heads of a head-wise mixed layer), where the paper's retrieval heads live: a windowed
+head cannot retrieve beyond its window, and taking it would trace an SWA head of low mass as a "retrieval
+head". Each traced head is listed with its layer, role, final mass and onset; it has formed when its needle mass
+crossed eval.onset_threshold at some checkpoint.
+
+Trajectories (trajectory.csv, columns TRAJECTORY_COLUMNS): for the traced heads that formed (none when no
+full-attention retrieval head formed in the run), at every checkpoint:
   entropy, entropy_norm   attention entropy averaged over the last 4 query positions, and over log(length)
   q_l2, k_l2              L2 (Frobenius) distance of the head's Q or K projection slice to the final one's
   q_rel_l2, k_rel_l2      the same divided by the final slice's norm
@@ -28,7 +35,7 @@ import pandas as pd
 import torch
 
 from hybridlab.analysis.retrieval import attention_heads
-from hybridlab.analysis.schemas import ONSET_COLUMNS, TRAJECTORY_COLUMNS
+from hybridlab.analysis.schemas import ONSET_COLUMNS, TRACED_COLUMNS, TRAJECTORY_COLUMNS
 from hybridlab.models import HybridLM
 
 
@@ -77,6 +84,21 @@ def trajectory_table(history: list[CheckpointRecord], heads: list[tuple[int, int
             rows += [{**base, **rec.info, "layer": li, "head": h, "metric": k, "value": float(v)}
                      for k, v in metrics.items()]
     return pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS))
+
+
+def traced_table(history: list[CheckpointRecord], heads: list[tuple[int, int]], model: HybridLM, base: dict,
+                 threshold: float) -> pd.DataFrame:
+    """One row per traced head (strongest first): layer, role, final needle mass, onset in tokens, formed."""
+    from hybridlab.analysis.retrieval import head_role
+
+    tokens = np.array([r.info["tokens"] for r in history])
+    rows = []
+    for rank, (li, h) in enumerate(heads):
+        mass = np.array([r.scores["needle_mass"][li, h] for r in history])
+        first, _ = onset(tokens, mass, threshold)
+        rows.append({**base, "rank": rank, "layer": li, "head": h, "role": head_role(model, li, h),
+                     "final_mass": float(mass[-1]), "onset_tokens": first, "formed": bool(np.isfinite(first))})
+    return pd.DataFrame(rows, columns=list(TRACED_COLUMNS))
 
 
 def onset(x: np.ndarray, mass: np.ndarray, threshold: float) -> tuple[float, float]:

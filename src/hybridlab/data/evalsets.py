@@ -47,6 +47,23 @@ N_CLASSES = 8  # the probing set's candidate values
 ARRAYS = ("tokens", "answer", "answer_pos", "needle_pos", "query_pos", "label", "depth")
 
 
+DEPTH_RANGE = (0.25, 0.75)  # needle depths, as fractions of the haystack (the authors' probing set)
+
+
+def check_depth_range(depth_range) -> tuple[float, float]:
+    """(lo, hi) with 0 <= lo <= hi <= 1, or ConfigError naming eval.niah_depth_range."""
+    try:
+        lo, hi = (float(x) for x in depth_range)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not 0 <= lo <= hi <= 1:
+        from hybridlab.config import ConfigError
+
+        raise ConfigError("eval.niah_depth_range", list(depth_range) if depth_range is not None else None,
+                          "[lo, hi] with 0 <= lo <= hi <= 1 (fractions of the haystack)")
+    return lo, hi
+
+
 class TooShort(ValueError):
     """A task's needles and questions do not fit in the requested length."""
 
@@ -222,17 +239,19 @@ def probe_candidates(lang) -> list[np.ndarray]:
 
 
 def make_evalset(lang, task: str, length: int, n_samples: int, seed: int = 0,
-                 depths: list[float] | None = None, include_answer: bool | None = None,
+                 depth_range: tuple[float, float] | None = None, include_answer: bool | None = None,
                  stream: str | None = None) -> EvalSet:
-    """`n_samples` samples of `task` at `length` tokens. Single-needle tasks cycle through `depths`; the others
-    draw their needle depths at random (for variable tracking every hop's value is a needle). `include_answer`
-    defaults to True except for the probing set; `stream` names the random stream (default: the task)."""
+    """`n_samples` samples of `task` at `length` tokens. Every needle's depth (its position as a fraction of the
+    haystack) is drawn uniformly from `depth_range` (default DEPTH_RANGE, the authors' probing set's [1/4, 3/4]:
+    every needle then lies at least a quarter of the haystack before the question, beyond any sliding window
+    smaller than that); for variable tracking every hop's value is a needle. `include_answer` defaults to True
+    except for the probing set; `stream` names the random stream (default: the task)."""
     if task not in TASKS:
         from hybridlab.config import ConfigError
 
         raise ConfigError("eval.ruler_tasks", task, ", ".join(TASKS))
     rng = _rng(lang, stream or task, length, seed)
-    depths = list(depths or [0.1, 0.5, 0.9])
+    lo, hi = check_depth_range(depth_range or DEPTH_RANGE)
     with_answer = task != "probe" if include_answer is None else include_answer
     haystacks = lang.haystack(rng, n_samples, length, "repeat" if task == "niah_single_repeat" else "text")
     candidates = probe_candidates(lang) if task == "probe" else None
@@ -246,10 +265,10 @@ def make_evalset(lang, task: str, length: int, n_samples: int, seed: int = 0,
                 value = candidates[label]
             else:
                 value = lang.values(rng, 1)[0]
-            facts, kind, depth = [(key, value)], "fact", [depths[i % len(depths)]]
+            facts, kind, depth = [(key, value)], "fact", [lo + (hi - lo) * float(rng.random())]
             asked = [(key, [value])]
         else:
-            depth = sorted(rng.random(N_NEEDLES).tolist())
+            depth = sorted((lo + (hi - lo) * rng.random(N_NEEDLES)).tolist())
             keys, values = lang.keys(rng, N_NEEDLES), lang.values(rng, N_NEEDLES)
             if task == "niah_multikey":
                 facts, kind = list(zip(keys, values, strict=True)), "fact"

@@ -55,7 +55,7 @@ def data_fingerprint(cfg: DictConfig) -> str:
     e = cfg.eval
     relevant = {"format": FORMAT, "data": OmegaConf.to_container(cfg.data, resolve=True),
                 "context": int(cfg.scale.context),
-                "eval": [eval_lengths(cfg), e.niah_samples, list(e.niah_depths), list(e.get("ruler_tasks", [])),
+                "eval": [eval_lengths(cfg), e.niah_samples, list(e.niah_depth_range), list(e.get("ruler_tasks", [])),
                          e.get("ruler_samples", 0), e.get("probe_samples", 0), e.get("eval_seed", 0)],
                 "inputs": [sha256_file(p) for p in _input_files(cfg)]}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -203,7 +203,7 @@ def _longppl_keys(cfg: DictConfig, out: Path, val_entries: list[dict], val_token
 
 def _eval_sets(cfg: DictConfig, out: Path, lang, dtype: np.dtype) -> tuple[dict, dict, list[str]]:
     e, seed = cfg.eval, int(cfg.eval.get("eval_seed", 0))
-    depths = list(e.niah_depths)
+    depth_range = tuple(e.niah_depth_range)
 
     def save(prefix: str, arrays: dict[str, np.ndarray]) -> dict:
         return {k: save_array(out / f"{prefix}_{k}.npy", v.astype(dtype) if k == "tokens" else v, out)
@@ -216,12 +216,12 @@ def _eval_sets(cfg: DictConfig, out: Path, lang, dtype: np.dtype) -> tuple[dict,
     lengths = eval_lengths(cfg)
     with tqdm(total=len(lengths) * (1 + len(jobs)), desc="eval sets", leave=False) as bar:
         for length in lengths:
-            ds = make_niah(lang, length, int(e.niah_samples), depths, seed)
+            ds = make_niah(lang, length, int(e.niah_samples), depth_range, seed)
             niah[str(length)] = save(f"niah_{length}", ds.to_npz())
             bar.update()
             for task, n in jobs:
                 try:
-                    es = make_evalset(lang, task, length, n, seed, depths)
+                    es = make_evalset(lang, task, length, n, seed, depth_range)
                 except TooShort as err:  # e.g. four English questions at a quarter of a small context
                     log.warning("eval set %s at length %d skipped: %s", task, length, err)
                     skipped.append(f"{task}@{length}")

@@ -22,6 +22,7 @@ from hybridlab.figures.report import (
     claims_tables,
     final_metrics_table,
     nope_table,
+    traced_heads_table,
     write_result_table,
 )
 from hybridlab.figures.style import placeholder
@@ -65,8 +66,8 @@ def figure_specs(cfg: dict) -> list[FigureSpec]:
         FigureSpec("fig_gradinf", plots.fig_gradinf, lambda t, o: plots.fig_gradinf(t.need("gradinf"), o, t.info)),
         FigureSpec("fig5_retrieval", plots.fig5_retrieval,
                    lambda t, o: plots.fig5_retrieval(t.need("heads"), o, t.context)),
-        FigureSpec("fig5_dynamics", plots.fig5_dynamics, lambda t, o: plots.fig5_dynamics(t.need("trajectory"), o),
-                   ("C3",)),
+        FigureSpec("fig5_dynamics", plots.fig5_dynamics,
+                   lambda t, o: plots.fig5_dynamics(t.need("trajectory"), o, t.get("traced")), ("C3",)),
         FigureSpec("fig_onset", plots.fig_onset, _onset, ("C3",)),
         FigureSpec("fig_masking", plots.fig_masking,
                    lambda t, o: plots.fig_masking(t.need("masking"), o, t.context)),
@@ -114,7 +115,7 @@ def build_all(scale: str, tables: str | Path, out: str | Path, claims_config: st
         path = out / "captions" / f"{spec.name}.rst"
         write_bytes(path, ("\n\n".join(caption) + "\n").encode())
         paths.append(path)
-    result_tables = [final_metrics_table(data), nope_table(data), *claims_tables(claims)]
+    result_tables = [final_metrics_table(data), nope_table(data), traced_heads_table(data), *claims_tables(claims)]
     for t in result_tables:
         paths += write_result_table(t, out / "tables")
     config_name = Path(claims_config).name if claims_config else "src/hybridlab/conf/claims/default.yaml"

@@ -268,10 +268,11 @@ def fig5_retrieval(heads_df: pd.DataFrame, out_dir, context: int) -> list[Path]:
     return save(fig, out_dir, "fig5_retrieval")
 
 
-def fig5_dynamics(traj: pd.DataFrame, out_dir) -> list[Path]:
-    """Training dynamics of the target retrieval heads (mean over the traced heads): attention entropy
-    normalised by log(length), and the relative L2 distance of their Q and K weights to the final checkpoint,
-    against training tokens, a line per variant (window size)."""
+def fig5_dynamics(traj: pd.DataFrame, out_dir, traced: pd.DataFrame | None = None) -> list[Path]:
+    """Training dynamics of the retrieval heads that formed (full-attention heads whose needle mass crossed the
+    onset threshold; mean over a run's formed heads): attention entropy normalised by log(length), and the
+    relative L2 distance of their Q and K weights to the final checkpoint, against training tokens, a line per
+    seed, a colour per variant. Runs in which no retrieval head formed are listed, not drawn."""
     wanted = ("entropy_norm", "q_rel_l2", "k_rel_l2", "needle_mass")
     metrics = [m for m in wanted if (traj["metric"] == m).any()]
     if not metrics and (traj["metric"] == "entropy").any():
@@ -290,6 +291,14 @@ def fig5_dynamics(traj: pd.DataFrame, out_dir) -> list[Path]:
         ax.set_xlabel("training tokens")
         ax.set_ylabel(_label(metric))
     _legend(fig, axes)
+    if traced is not None and not traced.empty:
+        formed = traced.groupby(["variant", "seed"])["formed"].any()
+        none = formed[~formed].reset_index().groupby("variant")["seed"].count()
+        runs = formed.reset_index().groupby("variant")["seed"].count()
+        if len(none):
+            text = "no retrieval head formed: " + ", ".join(f"{v} ({none[v]} of {runs[v]} seeds)"
+                                                            for v in variant_order(none.index))
+            fig.text(0.01, 0.005, text, fontsize=7, ha="left", va="bottom")
     return save(fig, out_dir, "fig5_dynamics")
 
 

@@ -36,7 +36,10 @@ PAPER_NOTES = {
                   "accuracy mostly in the middle full-attention layers.",
     "fig_gradinf": "Gradient influence G(d) is near flat beyond ~2048 tokens but still present in 512..2048.",
     "fig5_retrieval": "Fig. 5: the retrieval heads (top 4 by needle attention mass of the second-to-last token, "
-                      "over up to 200 NIAH samples) sit in the full-attention layers.",
+                      "over up to 200 NIAH samples) sit in the full-attention layers. (The authors' script sums "
+                      "the mass over every token of the answer string at the prompt's second-to-last token; "
+                      "this project reads it at the last token, the key after QRY, on the value's single token "
+                      "by default, and offers theirs as eval.retrieval_query_from_end=2, eval.needle_span=answer.)",
     "fig5_dynamics": "Fig. 5: SWA-2048 is the outlier: its retrieval heads keep higher attention entropy and their "
                      "Q/K weights converge to the final ones later (Large-Window Laziness).",
     "fig_onset": "Finding 2 (Large-Window Laziness): a larger SWA window, 2048 most of all, delays the formation of "
@@ -193,6 +196,29 @@ def final_metrics_table(tables: Tables) -> Table:
     seeds = q.groupby("variant")["seed"].nunique().reindex(display.index)
     display.insert(0, "seeds", seeds.values)
     return Table("table1_final", title, stats, display.reset_index())
+
+
+def traced_heads_table(tables: Tables) -> Table:
+    """Per run, the traced retrieval heads (top full-attention heads by final needle mass): layer, role, final
+    mass, whether each formed; a run whose best full head never crossed the threshold says so."""
+    title = "Traced retrieval heads (top full-attention heads by final needle mass)"
+    traced = tables.get("traced")
+    if traced is None or traced.empty:
+        return Table("table_traced", title, pd.DataFrame(), note="no data at this scale: traced.csv is absent")
+
+    def heads(g: pd.DataFrame) -> str:
+        return ", ".join(f"L{r.layer}H{r.head} {r.role} {r.final_mass:.2f}{'' if r.formed else ' (not formed)'}"
+                         for r in g.sort_values("rank").itertuples())
+
+    rows = [{"variant": v, "seed": s, "formed": bool(g["formed"].any()),
+             "traced heads (layer, head, role, final mass)": heads(g) if g["formed"].any()
+             else "no retrieval head formed"}
+            for (v, s), g in traced.groupby(["variant", "seed"], sort=False)]
+    display = pd.DataFrame(rows)
+    display["variant"] = pd.Categorical(display["variant"], variant_order(display["variant"]))
+    display = display.sort_values(["variant", "seed"]).astype({"variant": str})
+    return Table("table_traced", title, traced, display.reset_index(drop=True),
+                 note="Trajectories (Fig. 5 dynamics) follow the formed heads only.")
 
 
 def nope_table(tables: Tables) -> Table:

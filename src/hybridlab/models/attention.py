@@ -50,18 +50,25 @@ def _flash_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def select_backend(requested: str, device: torch.device, windows: tuple[int | None, ...]) -> str:
+def select_backend(requested: str, device: torch.device, windows: tuple[int | None, ...], sinks: int = 0) -> str:
+    """The backend that runs these heads: `requested`, or under "auto" the fastest that computes them exactly.
+    flash-attn has no attention sinks, so windows with sinks never go to it (a forced "flash" is refused)."""
     if requested not in BACKENDS:
         from hybridlab.config import ConfigError
 
         raise ConfigError("model.attn_backend", requested, ", ".join(BACKENDS))
+    if requested == "flash" and sinks > 0:
+        from hybridlab.config import ConfigError
+
+        raise ConfigError("model.attn_backend", requested, f"sdpa, flex or auto: flash-attn cannot attend to the "
+                          f"{sinks} sink tokens of variant.sinks")
     if requested != "auto":
         return requested
     if device.type != "cuda":
         return "sdpa"
     if all(w is None for w in windows):
         return "sdpa"  # causal SDPA dispatches to its own flash kernel
-    if len(set(windows)) == 1 and _flash_available():
+    if len(set(windows)) == 1 and sinks == 0 and _flash_available():
         return "flash"
     return "flex"
 
@@ -94,12 +101,15 @@ class Attention(nn.Module):
     """Multi-head causal attention; `windows` per head (None = full), `sinks` always-visible first keys."""
 
     def __init__(self, d_model: int, n_heads: int, head_dim: int, windows: tuple[int | None, ...],
-                 rope: bool, rope_theta: float = 10000.0, sinks: int = 0, backend: str = "auto"):
+                 rope: bool | tuple[bool, ...], rope_theta: float = 10000.0, sinks: int = 0, backend: str = "auto"):
+        """`rope`: RoPE on every head, on none, or per head (a tuple: head-wise mixing of RoPE and NoPE heads)."""
         super().__init__()
-        if len(windows) != n_heads:
-            raise ValueError(f"windows has {len(windows)} entries for {n_heads} heads")
+        rope_heads = tuple(rope) if isinstance(rope, tuple | list) else (bool(rope),) * n_heads
+        if len(windows) != n_heads or len(rope_heads) != n_heads:
+            raise ValueError(f"windows ({len(windows)}) and rope ({len(rope_heads)}) need one entry per head "
+                             f"({n_heads})")
         self.n_heads, self.head_dim = n_heads, head_dim
-        self.windows, self.rope, self.rope_theta, self.sinks = windows, rope, rope_theta, sinks
+        self.windows, self.rope_heads, self.rope_theta, self.sinks = windows, rope_heads, rope_theta, sinks
         self.backend = backend
         self.qkv = nn.Linear(d_model, 3 * n_heads * head_dim, bias=False)
         self.proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
@@ -123,8 +133,7 @@ class Attention(nn.Module):
         windows = self.windows if windows is None else windows
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         pos = torch.arange(pos_offset, pos_offset + t, device=x.device)
-        if self.rope:
-            q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
+        q, k = self._rotate(q, pos), self._rotate(k, pos)
         k_pos = pos
         if cache is not None:
             if "k" in cache:
@@ -136,6 +145,21 @@ class Attention(nn.Module):
         y = self._attend(q, k, v, pos, k_pos, windows, cached=cache is not None)
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
+    @property
+    def rope(self) -> bool:
+        """Whether any head uses RoPE."""
+        return any(self.rope_heads)
+
+    def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        """RoPE on the heads that use it ([B, H, T, D]); NoPE heads pass through unchanged."""
+        if not self.rope:
+            return x
+        rotated = apply_rope(x, pos, self.rope_theta)
+        if all(self.rope_heads):
+            return rotated
+        use = torch.tensor(self.rope_heads, device=x.device)[None, :, None, None]
+        return torch.where(use, rotated, x)
+
     def _trim(self, k: Tensor, v: Tensor, k_pos: Tensor, windows: tuple, last: int):
         """Rolling cache: when every head is windowed, drop keys no future query can see (sinks stay)."""
         if any(w is None for w in windows):
@@ -145,7 +169,7 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, q_pos, k_pos, windows, cached: bool) -> Tensor:
         full = all(w is None for w in windows)
-        backend = "sdpa" if cached else select_backend(self.backend, q.device, windows)
+        backend = "sdpa" if cached else select_backend(self.backend, q.device, windows, self.sinks)
         if backend == "sdpa":
             if full and not cached:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)

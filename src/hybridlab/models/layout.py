@@ -20,8 +20,8 @@ class LayerSpec:
     """One layer of a hybrid. `windows` has one entry per head for attention layers (None means full)."""
 
     kind: str  # "attn" or a recurrent mixer name
-    role: str  # "full" or "efficient": which class the receptive-field constraint and the analyses see
-    rope: bool
+    role: str  # "full", "efficient" or "mixed" (head-wise): which class the constraint and the analyses see
+    rope: bool | tuple[bool, ...]  # RoPE on the layer, or per head (head-wise mixing: full and SWA heads differ)
     windows: tuple[int | None, ...] = ()
     sinks: int = 0
 
@@ -84,7 +84,8 @@ def build_layout(variant: Any, model: Any, scale: Any) -> list[LayerSpec]:
             raise _err("variant.ratio", variant.ratio, f"a ratio whose group size divides n_heads={n_heads}")
         n_swa = n_heads * n_eff // group
         heads = (window,) * n_swa + (None,) * (n_heads - n_swa)
-        return [LayerSpec("attn", "mixed", bool(variant.efficient_rope), heads, sinks)] * n_layers
+        rope = (bool(variant.efficient_rope),) * n_swa + (bool(variant.full_rope),) * (n_heads - n_swa)
+        return [LayerSpec("attn", "mixed", rope, heads, sinks)] * n_layers
 
     if n_layers % group:
         raise _err("variant.ratio", variant.ratio, f"a ratio whose group size ({group}) divides "

@@ -25,7 +25,8 @@ def backends(model) -> tuple[str, str]:
     attn, mixers = set(), set()
     for block in model.blocks:
         if block.spec.is_attention:
-            attn.add(select_backend(block.mixer.backend, next(model.parameters()).device, block.mixer.windows))
+            attn.add(select_backend(block.mixer.backend, next(model.parameters()).device, block.mixer.windows,
+                                     block.mixer.sinks))
         else:
             from hybridlab.models.recurrent import which_backend
 

@@ -4,7 +4,9 @@ Layout: q, k [B, H, T, Dk]; v [B, H, T, Dv]; log-decay g [B, H, T] (<= 0, one sc
 write strength beta [B, H, T]; state [B, H, Dk, Dv]. Rows are vectors: o_t = scale * q_t S_t.
 
 Each op has a step-by-step recurrent form (the definition) and a chunkwise-parallel form (what trains), which
-agree to rounding. All arithmetic is fp32 (fp64 inputs stay fp64); outputs come back in v's dtype, final
+agree to rounding. The chunked forms are batched over chunks except for the state passed from one chunk to the
+next, which runs in hybridlab_kernels.chunk_state (one Triton kernel on CUDA, forward and backward; a PyTorch
+loop elsewhere). All arithmetic is fp32 (fp64 inputs stay fp64); outputs come back in v's dtype, final
 states in the compute dtype. The chunked forms also take `window`, the evaluation-only receptive-field limit:
 output t then sees only tokens in (t - window, t].
 """
@@ -109,29 +111,22 @@ def simple_gla_chunked(
     o = intra @ v
     q_dec = q * gc.exp()[..., None]
     k_dec = k * (gc[..., -1:] - gc).exp()[..., None]
-    # Every chunk's entry state at once (no loop over chunks): S_i = exp(L_0 + .. + L_{i-1}) S_0 +
-    # sum_{j<i} exp(L_{j+1} + .. + L_{i-1}) dS_j, with L_m chunk m's total log-decay and dS_j = K_dec_j^T V_j.
-    states = _chunk_states(gc[..., -1], k_dec.transpose(-1, -2) @ v, S)  # [B, H, n + 1, Dk, Dv]
+    states = _pass_states(v, None, k_dec, gc[..., -1].exp(), S)  # [B, H, n + 1, Dk, Dv]
     o = o + q_dec @ states[:, :, :n]
     o = (o * scale).reshape(B, H, n * C, Dv)[:, :, :T]
     return o.to(out_dtype), states[:, :, n]
 
 
-def _chunk_states(log_decay: Tensor, writes: Tensor, S0: Tensor) -> Tensor:
-    """States entering chunks 0..n (the last one is the final state) of the scalar-decay recurrence
-    S_{i+1} = exp(L_i) S_i + writes_i, from chunk log-decays L [B, H, n], writes [B, H, n, Dk, Dv] and the
-    initial state S0 [B, H, Dk, Dv], in one batched product instead of a loop over chunks.
+def _pass_states(u0: Tensor, w: Tensor | None, k: Tensor, decay: Tensor, S0: Tensor) -> Tensor | tuple:
+    """The sequential part of a chunked form, S_{i+1} = d_i S_i + k_i^T u_i with u_i = u0_i - w_i S_i, by
+    hybridlab_kernels.chunk_state (a Triton kernel on CUDA, a PyTorch loop elsewhere) over [B, H, n, ...]
+    tensors. Returns the entry states [B, H, n + 1, Dk, Dv] (the last is the final state), and u with w."""
+    from hybridlab_kernels.chunk_state import chunk_state
 
-    With sources X_0 = S0 and X_{j+1} = writes_j: S_i = sum_{s <= i} exp(L_s + ... + L_{i-1}) X_s. The segment
-    sums come from a masked cumulative sum, never as the difference of two long cumulative sums."""
-    n = log_decay.shape[-1]
-    m = torch.arange(n, device=log_decay.device)
-    idx = torch.arange(n + 1, device=log_decay.device)
-    terms = log_decay[..., :, None] * (m[:, None] >= idx[None, :])  # [B, H, m, s]: L_m for m >= s
-    seg = F.pad(terms.cumsum(-2), [0, 0, 1, 0])  # [B, H, i, s]: L_s + ... + L_{i-1} (0 on row 0)
-    weights = seg.masked_fill(idx[None, :] > idx[:, None], float("-inf")).exp()  # s <= i only
-    sources = torch.cat([S0[:, :, None], writes], dim=2)  # [B, H, n + 1, Dk, Dv]
-    return torch.einsum("bhis,bhskv->bhikv", weights, sources)
+    B, H = u0.shape[:2]
+    states, u = chunk_state(*(None if x is None else x.flatten(0, 1) for x in (u0, w, k, decay, S0)))
+    states = states.unflatten(0, (B, H))
+    return states if w is None else (states, u.unflatten(0, (B, H)))
 
 
 def _simple_gla_windowed(q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk: int, window: int, scale: float):
@@ -234,17 +229,10 @@ def gated_delta_chunked(
     qk = (q @ k.transpose(-1, -2)) * decay
     q_dec = q * gamma
     k_dec = k * (gc[..., -1:] - gc).exp()[..., None]
-    chunk_decay = gc[..., -1].exp()
-    outs = []
-    # unbind, not indexing: the backward of x[:, :, i] writes a zero tensor of x's whole size per chunk
-    # (quadratic in the number of chunks); unbind's backward stacks the n gradients once.
-    per_chunk = zip(*(x.unbind(2) for x in (u0, w, q_dec, qk, k_dec, chunk_decay[..., None, None])), strict=True)
-    for u0_i, w_i, q_i, qk_i, k_i, decay_i in per_chunk:
-        u = u0_i - w_i @ S
-        outs.append(q_i @ S + qk_i @ u)
-        S = decay_i * S + k_i.transpose(-1, -2) @ u
-    o = (torch.stack(outs, dim=2) * scale).reshape(B, H, n * C, Dv)[:, :, :T]
-    return o.to(out_dtype), S
+    states, u = _pass_states(u0, w, k_dec, gc[..., -1].exp(), S)
+    o = q_dec @ states[:, :, :n] + qk @ u
+    o = (o * scale).reshape(B, H, n * C, Dv)[:, :, :T]
+    return o.to(out_dtype), states[:, :, n]
 
 
 def _gated_delta_windowed(q, k, v, g, beta, chunk: int, window: int, scale: float) -> Tensor:
