@@ -3,6 +3,7 @@
     hybridlab list {variants,scales}
     hybridlab prepare-data --scale S --out DATA_DIR [hydra overrides...]
     hybridlab train        --scale S --variant V --seed N --data DATA_DIR --out RUN_DIR [overrides...]
+    hybridlab train-group  --scale S --variant V --seeds N [N ...] --data DATA_DIR --outs DIR [DIR ...]
     hybridlab train-branch --scale S --variant V --seed N --data DATA_DIR --stable RUN_DIR --budget K --out DIR
     hybridlab evaluate     --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out eval.csv
     hybridlab receptive    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out receptive.csv
@@ -63,6 +64,18 @@ def cmd_train(a) -> None:
     s = train(_cfg(a), a.data, a.out)
     if "final_loss" in s:  # a finished run, on rank 0
         print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
+
+
+def cmd_train_group(a) -> None:
+    from hybridlab.config import ConfigError, load_config
+    from hybridlab.train.run import train_group
+
+    if len(a.seeds) != len(a.outs) or len(set(a.seeds)) != len(a.seeds):
+        raise ConfigError("--seeds", a.seeds, f"distinct seeds, one per folder of --outs ({len(a.outs)} given)")
+    cfgs = [load_config(a.scale, a.variant, seed, a.overrides, a.size) for seed in a.seeds]
+    for seed, s in zip(a.seeds, train_group(cfgs, a.data, a.outs), strict=True):
+        if "final_loss" in s:
+            print(f"trained {a.variant} seed {seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
 
 def cmd_train_branch(a) -> None:
@@ -227,20 +240,39 @@ def cmd_report_index(a) -> None:
 
 
 def cmd_benchmark(a) -> None:
+    import json
+
     import pandas as pd
 
-    from hybridlab.train.benchmark import COLUMNS, benchmark
+    from hybridlab.train.benchmark import COLUMNS, benchmark, concurrent_run, scale_vocab
 
+    vocab = a.vocab or (32000 if a.scale == "paper" else scale_vocab(a.scale))
+    if a.child_json:  # one child of a concurrent run: its row as JSON, nothing else
+        row = benchmark(a.variants[0], a.sizes[0], a.context, a.batch, a.steps, vocab=vocab, scale=a.scale,
+                        compile=a.compile, overrides=tuple(a.set), barrier=a.barrier)
+        Path(a.child_json).write_text(json.dumps(row))
+        return
     rows = []
     for size in a.sizes:
         for variant in a.variants:
-            row = benchmark(variant, size, a.context, a.batch, a.steps, compile=a.compile, overrides=tuple(a.set))
+            if a.concurrent > 1:
+                args = ["--variants", variant, "--sizes", size, "--context", str(a.context), "--batch",
+                        str(a.batch), "--steps", str(a.steps), "--scale", a.scale, "--vocab", str(vocab),
+                        *(["--compile"] if a.compile else []), "--set", *a.set]
+                work = Path(a.out or "benchmark.csv").with_suffix("") / f"{size}_{variant}_x{a.concurrent}"
+                row = concurrent_run(a.concurrent, args, work)
+            else:
+                profile = (Path(a.out).with_name(f"{Path(a.out).stem}_profile_{size}_{variant}.csv")
+                           if a.profile and a.out else None)
+                row = benchmark(variant, size, a.context, a.batch, a.steps, vocab=vocab, scale=a.scale,
+                                compile=a.compile, overrides=tuple(a.set), profile=profile)
             rows.append(row)
-            print({k: row.get(k) for k in ("variant", "size", "tokens_per_s", "mfu", "peak_mem_gb", "status")},
-                  flush=True)
+            print({k: row.get(k) for k in ("variant", "size", "concurrent", "tokens_per_s", "mfu", "peak_mem_gb",
+                                           "status")}, flush=True)
             if a.out:  # after every row: a run cut short keeps what it measured
                 _write(a, pd.DataFrame(rows, columns=list(COLUMNS)))
-    print(pd.DataFrame(rows, columns=list(COLUMNS)).to_markdown(index=False, floatfmt=".3g"))
+    print(pd.DataFrame(rows, columns=list(COLUMNS)).drop(columns=["versions"]).to_markdown(index=False,
+                                                                                        floatfmt=".3g"))
 
 
 def cmd_figures(a) -> None:
@@ -274,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
             for kind in ANALYZE_EXTRA:
                 p.add_argument(f"--{kind}", help=f"also write the {kind} table here")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("train-group", help="several seeds of one variant, one after another in one process "
+                       "(one compiled model object; each run equals its own `train`)")
+    _run_args(p, run=False)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--outs", nargs="+", required=True, help="run folders, one per seed, in the order of --seeds")
+    p.set_defaults(fn=cmd_train_group)
     p = sub.add_parser("train-branch", help="one WSD decay branch of the scaling grid, forked from a stable run")
     _run_args(p)
     p.add_argument("--data", required=True)
@@ -316,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="Hydra overrides for every row, e.g. model.mixer_backend=torch")
     p.add_argument("--out", default=None, help="CSV to write")
+    p.add_argument("--scale", default="paper", help="the scale whose configs (and vocabulary) the rows use")
+    p.add_argument("--vocab", type=int, default=None,
+                   help="vocabulary size (default: 32000 at the paper scale, else the scale's synthetic vocabulary)")
+    p.add_argument("--concurrent", type=int, default=1,
+                   help="N processes of each row at once on this device; tokens/s is their total")
+    p.add_argument("--profile", action="store_true", help="also write a kernel-time table per row beside --out")
+    p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-json", default=None, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_benchmark)
     p = sub.add_parser("figures", help="every figure, table and the report from result tables (no torch)")
     p.add_argument("--scale", default="smoke")

@@ -276,6 +276,7 @@ RULES: dict[str, Rule] = {
     "train.grad_clip": number(0),
     "train.precision": one_of("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     "train.compile": BOOL,
+    "train.group_seeds": optional(BOOL),
     "train.n_checkpoints": integer(1),
     "train.log_every": integer(1),
     "train.last_every": optional(integer(1)),

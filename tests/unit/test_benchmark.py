@@ -24,3 +24,21 @@ def test_benchmark_rows_backends_and_overrides(tmp_path):
                       "--out", str(tmp_path / "b2.csv")])
     assert full_size == 0
     assert pd.read_csv(tmp_path / "b2.csv").loc[0, "non_embedding_params"] > table.loc[0, "non_embedding_params"]
+
+
+def test_benchmark_mini_shape_concurrent_and_profile(tmp_path):
+    """The mini scale's vocabulary by default, two processes released together (their total tokens/s), and a
+    kernel-time profile table beside the CSV; each row dated and versioned."""
+    out = tmp_path / "mini.csv"
+    common = ["benchmark", "--scale", "mini", "--variants", "full", "--sizes", "tiny", "--context", "32",
+              "--batch", "2", "--steps", "2", "--set", "train.steps=10"]
+    assert main([*common, "--profile", "--out", str(out)]) == 0
+    assert main([*common, "--concurrent", "2", "--out", str(tmp_path / "two.csv")]) == 0
+    one, two = pd.read_csv(out), pd.read_csv(tmp_path / "two.csv")
+    from hybridlab.train.benchmark import scale_vocab
+
+    assert one.loc[0, "vocab"] == scale_vocab("mini") and one.loc[0, "versions"].startswith("torch ")
+    assert two.loc[0, "concurrent"] == 2 and two.loc[0, "status"] == "ok" and two.loc[0, "tokens_per_s"] > 0
+    profile = pd.read_csv(tmp_path / "mini_profile_tiny_full.csv")
+    assert list(profile.columns) == ["kernel", "calls", "time_ms", "share"] and len(profile) > 0
+    assert 0 < profile["share"].sum() <= 1 + 1e-9 and (profile["time_ms"].diff().dropna() <= 0).all()

@@ -111,3 +111,20 @@ def test_wsd_branch_equals_an_independent_run_of_that_length(tmp_path, data_dir,
     top = train_branch(grid, data_dir, stable, 0.04, tmp_path / "budget0.04")  # the stable run's own end
     assert top["steps"] == 9 and torch.equal(final_weights(stable)["embed.weight"],
                                              final_weights(tmp_path / "budget0.04")["embed.weight"])
+
+
+def test_train_group_equals_separate_runs(tmp_path, data_dir, smoke_cfg):
+    """Seeds trained one after another on one model object end exactly where their own runs end: each run
+    loads its seed's initialisation and keeps its data order, folder and tables."""
+    from hybridlab.train.run import train_group
+
+    cfgs = [smoke_cfg("lightning", seed, *TINY, "train.steps=4") for seed in (0, 1)]
+    train_group(cfgs, data_dir, [tmp_path / "g0", tmp_path / "g1"])
+    for seed in (0, 1):
+        train(cfgs[seed], data_dir, tmp_path / f"alone{seed}")
+        a, b = final_weights(tmp_path / f"g{seed}"), final_weights(tmp_path / f"alone{seed}")
+        assert all(torch.equal(a[k], b[k]) for k in a), seed
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"g{seed}" / "metrics.csv")[["step", "loss"]],
+                                      pd.read_csv(tmp_path / f"alone{seed}" / "metrics.csv")[["step", "loss"]])
+    assert not torch.equal(final_weights(tmp_path / "g0")["embed.weight"],
+                           final_weights(tmp_path / "g1")["embed.weight"])

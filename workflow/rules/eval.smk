@@ -7,7 +7,7 @@
 rule evaluate:
     input:
         manifest=rules.prepare_data.output.manifest,
-        done=rules.train.output.done,
+        done=TRAIN_DONE,
     output:
         out=f"{RUN}/eval.csv",
     params:

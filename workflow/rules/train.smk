@@ -1,35 +1,66 @@
-# Stage 2: one Lightning training run per (variant, seed); resumes from last.ckpt if interrupted.
+# Stage 2: Lightning training, resumable from last.ckpt if interrupted. One job per (variant, seed), or, with
+# train.group_seeds, one job per variant that trains its seeds one after another in one process (one compiled
+# model object; each run's folder, seed and results are exactly those of its own job).
+TRAIN_DONE = f"{RUN}/train_done.json"
+_TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab "
 
+if GROUP_SEEDS:
 
-rule train:
-    input:
-        manifest=rules.prepare_data.output.manifest,
-    output:
-        done=f"{RUN}/train_done.json",
-        metrics=f"{RUN}/metrics.csv",
-    params:
-        common=COMMON,
-        wrap=TRAIN_WRAP,
-        data=lambda wc, input: os.path.dirname(input.manifest),
-        run=lambda wc, output: os.path.dirname(output.done),
-    log:
-        f"{RES}/logs/train_{{size}}_{{variant}}_seed{{seed}}.log",
-    conda:
-        "../../envs/hybridlab.yaml"
-    threads: 1
-    resources:
-        gpu=TRAIN_GPUS,
-    shell:
-        "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train "
-        "--size {wildcards.size} --variant {wildcards.variant} --seed {wildcards.seed} --data {params.data} --out {params.run} "
-        "{params.common} > {log} 2>&1"
+    rule train_group:
+        """Train every seed of one (size, variant) in one process, one run after another."""
+        input:
+            manifest=rules.prepare_data.output.manifest,
+        output:
+            done=[f"{RES}/runs/{{size}}/{{variant}}/seed{s}/train_done.json" for s in SEEDS],
+            metrics=[f"{RES}/runs/{{size}}/{{variant}}/seed{s}/metrics.csv" for s in SEEDS],
+        params:
+            common=COMMON,
+            wrap=TRAIN_WRAP,
+            seeds=" ".join(str(s) for s in SEEDS),
+            data=lambda wc, input: os.path.dirname(input.manifest),
+            outs=lambda wc, output: " ".join(shlex.quote(os.path.dirname(p)) for p in output.done),
+        log:
+            f"{RES}/logs/train_{{size}}_{{variant}}.log",
+        conda:
+            "../../envs/hybridlab.yaml"
+        threads: 1
+        resources:
+            gpu=TRAIN_GPUS,
+        shell:
+            _TRAIN_SHELL + "train-group --size {wildcards.size} --variant {wildcards.variant} --seeds {params.seeds} "
+            "--data {params.data} --outs {params.outs} {params.common} > {log} 2>&1"
+
+else:
+
+    rule train:
+        """Train one run (variant, seed)."""
+        input:
+            manifest=rules.prepare_data.output.manifest,
+        output:
+            done=TRAIN_DONE,
+            metrics=f"{RUN}/metrics.csv",
+        params:
+            common=COMMON,
+            wrap=TRAIN_WRAP,
+            data=lambda wc, input: os.path.dirname(input.manifest),
+            run=lambda wc, output: os.path.dirname(output.done),
+        log:
+            f"{RES}/logs/train_{{size}}_{{variant}}_seed{{seed}}.log",
+        conda:
+            "../../envs/hybridlab.yaml"
+        threads: 1
+        resources:
+            gpu=TRAIN_GPUS,
+        shell:
+            _TRAIN_SHELL + "train --size {wildcards.size} --variant {wildcards.variant} --seed {wildcards.seed} "
+            "--data {params.data} --out {params.run} {params.common} > {log} 2>&1"
 
 
 # The scaling grid's decay branches: each forks from the stable run at its budget's fork step.
 rule train_branch:
     input:
         manifest=rules.prepare_data.output.manifest,
-        stable=rules.train.output.done,
+        stable=TRAIN_DONE,
     output:
         done=f"{RUN}/budget{{k}}/train_done.json",
     params:

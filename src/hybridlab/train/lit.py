@@ -88,10 +88,23 @@ def lr_multiplier(step: int, cfg) -> float:
 
 
 class LitLM(pl.LightningModule):
-    def __init__(self, model: HybridLM, cfg):
+    """`model` is the plain module (its state is what checkpoints hold); the forward of `step_model` (the same
+    module compiled, or `model` itself) is what trains. The training step never waits for the GPU: losses
+    stay on the device, and their finiteness is checked where the recorder writes anything (`check_finite`)."""
+
+    def __init__(self, model: HybridLM, cfg, step_model=None):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self._step_model = (step_model or model,)  # a tuple: not registered as a second submodule
         self.micro_losses: list[torch.Tensor] = []  # this rank's micro-batch losses since the last optimizer step
+        self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss, -1 while all are finite
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError, naming the first bad step, if any loss so far was not finite (a sync)."""
+        if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step}; the last good checkpoint is kept (lower train.lr or enable "
+                "train.grad_clip)")
 
     def step_loss(self) -> float:
         """The loss of the optimizer step just taken: the mean over micro-batches and (under DDP) over ranks,
@@ -101,14 +114,14 @@ class LitLM(pl.LightningModule):
         return float(self.trainer.strategy.reduce(loss, reduce_op="mean"))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch[:, :-1])
+        logits = self._step_model[0](batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step}; the last good checkpoint is kept "
-                "(lower train.lr or enable train.grad_clip)")
-        self.micro_losses.append(loss.detach())
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        detached = loss.detach()
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(detached) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, self.global_step, self._first_bad)
+        self.micro_losses.append(detached)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -124,8 +137,9 @@ class LitLM(pl.LightningModule):
         else:
             from hybridlab.train.muon import adamw_groups
 
+            fused = next(self.model.parameters()).is_cuda  # one kernel for the whole update
             opt = torch.optim.AdamW(adamw_groups(self.model, float(t.weight_decay)), lr=t.lr,
-                                    betas=tuple(t.betas))
+                                    betas=tuple(t.betas), fused=fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, self.cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -171,6 +185,10 @@ class RunRecorder(pl.Callback):
         step = trainer.global_step
         if step == self._last_step_logged:
             return  # still accumulating gradients
+        saves = step in self.ckpt_steps or step in self.fork_steps or step % self.last_every == 0 or (
+            step == trainer.max_steps)
+        if saves:
+            pl_module.check_finite()  # nothing non-finite is ever saved
         if step % self.log_every == 0 or step in self.ckpt_steps:
             self._log_row(trainer, pl_module, step)
         else:
@@ -183,6 +201,7 @@ class RunRecorder(pl.Callback):
             save_state(trainer, self.run_dir / "last.ckpt")
 
     def _log_row(self, trainer, pl_module, step: int) -> None:
+        pl_module.check_finite()
         loss = pl_module.step_loss()
         dt = time.perf_counter() - self._t0
         n = step - self._last_step_logged

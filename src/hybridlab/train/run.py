@@ -27,7 +27,7 @@ from hybridlab.analysis.schemas import TRAIN_COLUMNS
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
 from hybridlab.io import atomic_path, read_json, write_json, write_table
-from hybridlab.models import build_model
+from hybridlab.models import HybridLM, build_model
 from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, fork_path, pl
 from hybridlab.train.schedule import (
     Branch,
@@ -99,7 +99,26 @@ def branch_plan(cfg: DictConfig, n_params: int) -> list[Branch]:
     return wsd_branch_plan(reached, per_step, float(t.decay_frac), int(t.warmup_steps)) if reached else []
 
 
-def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
+class SharedModel:
+    """One model object reused by the runs of `train_group`: built and compiled (train.compile) once; each run
+    loads its own seed's initialisation into it, so it trains exactly what a fresh model of that seed would."""
+
+    def __init__(self) -> None:
+        self.model: HybridLM | None = None
+        self.step_model = None
+
+    def take(self, fresh: HybridLM, compile_: bool) -> tuple[HybridLM, object]:
+        if self.model is None:
+            self.model = fresh
+            self.step_model = torch.compile(fresh) if compile_ else fresh
+        else:
+            self.model.load_state_dict(fresh.state_dict())
+        return self.model, self.step_model
+
+
+def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: SharedModel | None = None) -> dict:
+    """One run from prepared shards to its run folder (module docstring); `shared` reuses a model object across
+    the runs of one process (`train_group`)."""
     run_dir = Path(run_dir)
     done = run_dir / "train_done.json"
     if done.exists():
@@ -119,6 +138,9 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     cfg = resolve_budget(cfg, n_params)
     t = cfg.train
     on_gpu = torch.cuda.is_available() and cfg.scale.accelerator != "cpu"
+    if on_gpu:  # float32 matmuls (the recurrent mixers' chunked math) on TF32 tensor cores
+        torch.set_float32_matmul_precision("high")
+    model, step_model = (shared or SharedModel()).take(model, bool(t.compile))
     devices, nodes = int(t.devices), int(t.num_nodes)  # DDP over devices x nodes (gloo on CPU, NCCL on GPU)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
@@ -127,8 +149,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
     recorder = RunRecorder(run_dir, checkpoint_steps(cfg, n_params), step_tokens,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
                            int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks)
-    lit = LitLM(torch.compile(model) if t.compile else model, cfg)
-    lit.model = model  # checkpoints and analyses use the plain module
+    lit = LitLM(model, cfg, step_model)
     last = run_dir / "last.ckpt"
     if last.exists():  # refuse a damaged resume point here, naming it, rather than deep inside Lightning
         load_verified(last, covered=RESUME_COVERED)
@@ -164,6 +185,22 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
                "checkpoints": sorted(p.name for p in (run_dir / "ckpt").glob("tokens_*.pt"))}
     write_json(done, summary)
     return summary
+
+
+def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path]) -> list[dict]:
+    """Several runs (the seeds of one variant) one after another in this process on one model object, compiled
+    once: the compile and the process start are paid once, and each run is still exactly its own (its seed's
+    initialisation and data order, its own folder, checkpoints and tables; tests/unit/test_train.py)."""
+    if len(cfgs) != len(run_dirs):
+        raise ValueError(f"train_group: {len(cfgs)} configs for {len(run_dirs)} run folders")
+    shared = SharedModel()
+    summaries = []
+    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+        started = time.perf_counter()
+        summaries.append(train(cfg, data_dir, run_dir, shared))
+        log.info("run %d/%d (%s seed %d) done in %.0f s", i + 1, len(cfgs), cfg.variant.name, int(cfg.seed),
+                 time.perf_counter() - started)
+    return summaries
 
 
 def train_branch(cfg: DictConfig, data_dir: str | Path, stable_dir: str | Path, budget_k: float,
