@@ -134,7 +134,9 @@ def check_workflow_config(config: dict[str, Any], schema: str | Path) -> dict[st
     (each variant and each model size, composed and validated). Raise ConfigError on the first problem.
 
     Returns the scale's plan with `variants` and `seeds` narrowed to the ones to run (seeds as integers:
-    `--config seeds=[0,1]` arrives as strings)."""
+    `--config seeds=[0,1]` arrives as strings), and `seeds_by_variant`: each variant's seeds, the first
+    scale.seed_counts[variant] of the seeds (all of them for a variant not listed, or when --config seeds=...
+    names them)."""
     import jsonschema
     import yaml
 
@@ -150,12 +152,18 @@ def check_workflow_config(config: dict[str, Any], schema: str | Path) -> dict[st
         _check(name in variant_names(), "variants", name, ", ".join(variant_names()))
     variants = list(config["variants"]) or list(plan["variants"])
     seeds = [int(s) for s in config["seeds"] or plan["seeds"]]
+    counts = {} if config["seeds"] else dict(plan.get("seed_counts") or {})
+    for name, n in counts.items():
+        _check(name in variant_names(), "scale.seed_counts", name, ", ".join(variant_names()))
+        _check(isinstance(n, int) and 1 <= n <= len(seeds), f"scale.seed_counts.{name}", n,
+               f"an integer in [1, {len(seeds)}] (the first n of scale.seeds)")
     cfgs = [load_config(scale, v, seeds[0], overrides) for v in variants]
     for size in (plan.get("sizes") or [])[1:]:  # the first size is the scale's default, checked above
         sized = load_config(scale, variants[0], seeds[0], [*overrides, f"model={size}"])
         for cfg in cfgs:  # a layout must fit every model size (layers divisible by the ratio's group, ...)
             build_layout(cfg.variant, sized.model, sized.scale)
-    return {**plan, "variants": variants, "seeds": seeds}
+    by_variant = {v: seeds[:counts.get(v, len(seeds))] for v in variants}
+    return {**plan, "variants": variants, "seeds": seeds, "seeds_by_variant": by_variant}
 
 
 def _schema_error(error: Any, spec: dict) -> ConfigError:

@@ -66,19 +66,19 @@ def test_result_tables_are_written_as_csv_markdown_and_latex(tmp_path):
     assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     data = pd.read_csv(paths[0])
     assert set(data.columns) == {"variant", "quantity", "mean", "sd", "n_seeds"}
-    assert (data["n_seeds"] == len(SEEDS)).all()
+    assert (data["n_seeds"] == len(ONSETS["swa128"])).all()
     md = paths[1].read_text()
     assert "| variant | seeds | val_loss @ 256 |" in md and " ± " in md
     tex = paths[2].read_text()
     assert r"\toprule" in tex and r"val\_loss @ 256" in tex and r"$\pm$" in tex and "±" not in tex
 
 
-def test_nope_table_pairs_seeds_and_keeps_the_papers_numbers():
+def test_nope_table_compares_independent_seeds_and_keeps_the_papers_numbers():
     table = nope_table(synthetic_tables())
-    measured = table.data[table.data["source"].str.contains("paired")].set_index("metric")
+    measured = table.data[table.data["source"].str.contains("independent")].set_index("metric")
     row = measured.loc["niah_acc > 256"]
     assert row["swa128"] == pytest.approx(0.3) and row["swa128_nope"] == pytest.approx(1.0)
-    assert row["change"] == pytest.approx(0.7) and row["n_seeds"] == len(SEEDS)
+    assert row["change"] == pytest.approx(0.7) and row["n_seeds"] == len(ONSETS["swa128"])
     paper = table.data[table.data["source"].str.startswith("paper")]
     assert list(paper["metric"]) == [m for m, _, _ in PAPER_TABLE2]
     assert paper.set_index("metric").loc["RULER-NIAH 16K", "swa128_nope"] == 82.31
@@ -99,9 +99,11 @@ def test_report_lists_every_claim_with_every_seed_and_renders_self_contained(tmp
     for r in claims:
         assert f"### {r.title}: **{r.verdict}**" in md and r.summary in md
     c1 = md.split("### C1 emergence speed")[1].split("### C2")[0]
-    for seed in SEEDS:
-        assert re.search(rf"^\| {seed} \|", c1, re.M), f"seed {seed} missing from C1's table"
-    assert "![fig_x](figures/fig_x.png)" in md and "*Claim check:* C3 **PASS**" in md
+    for seed in SEEDS[:len(ONSETS["swa128"])]:
+        assert re.search(rf"^\| swa128 \| {seed} \|", c1, re.M), f"seed {seed} missing from C1's table"
+    assert "*Two disjoint halves of the seeds:*" in c1
+    c3 = next(r for r in claims if r.cid == "C3")
+    assert "![fig_x](figures/fig_x.png)" in md and f"*Claim check:* C3 **{c3.verdict}**" in md
     assert "**No data at this scale:** probe.csv is absent." in md and "![fig_y]" not in md
     assert "Tables absent at this scale" not in md  # synthetic_tables holds every table
     html = render_report(md_path, tmp_path / "report.html").read_text()
@@ -114,8 +116,10 @@ def test_claims_tables_hold_a_row_per_claim_and_every_seeds_numbers():
     summary, seeds = claims_tables(claims)
     assert list(summary.data["claim"]) == ["C1", "C2", "C3", "C4"]
     c3 = seeds.data[seeds.data["claim"] == "C3"]
-    assert set(c3["unit"]) == {f"seed{s}" for s in SEEDS}
-    assert set(c3["quantity"]) == {"seed", "swa128", "swa512", "swa2048", "outcome"}
+    n = len(ONSETS["swa128"])
+    assert set(c3["unit"]) == {f"{v}/seed{s}" for v in ("swa128", "swa512", "swa2048") for s in SEEDS[:n]}
+    assert set(c3["quantity"]) == {"variant", "seed", "onset_tokens", "censored_at", "formed"}
+    assert list(summary.data.columns[:5]) == ["claim", "name", "verdict", "summary", "halves"]
     c2_units = set(seeds.data.loc[seeds.data["claim"] == "C2", "unit"])
     assert "swa2048/seed1" in c2_units
 

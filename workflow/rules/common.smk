@@ -14,6 +14,7 @@ try:
 except ConfigError as e:
     sys.exit(f"bad configuration: {e}")
 VARIANTS, SEEDS = PLAN["variants"], PLAN["seeds"]
+SEEDS_BY_VARIANT = PLAN["seeds_by_variant"]  # a variant may run the first n seeds only (scale.seed_counts)
 SIZES = PLAN["sizes"]
 SCALE = config["scale"]
 RES = f"{config['results_dir']}/{SCALE}"
@@ -51,8 +52,8 @@ def budget_points(size):
 
 
 def branch_outputs(name):
-    return [path for size in SIZES for path in expand(f"{RUN}/budget{{k}}/{name}", size=size, variant=VARIANTS,
-                                                      seed=SEEDS, k=budget_points(size))]
+    return [path for size in SIZES for v in VARIANTS for path in expand(
+        f"{RUN}/budget{{k}}/{name}", size=size, variant=v, seed=SEEDS_BY_VARIANT[v], k=budget_points(size))]
 
 
 wildcard_constraints:
@@ -62,4 +63,4 @@ wildcard_constraints:
 
 
 def run_outputs(name):
-    return expand(f"{RUN}/{name}", size=SIZES, variant=VARIANTS, seed=SEEDS)
+    return [p for v in VARIANTS for p in expand(f"{RUN}/{name}", size=SIZES, variant=v, seed=SEEDS_BY_VARIANT[v])]

@@ -5,30 +5,40 @@ TRAIN_DONE = f"{RUN}/train_done.json"
 _TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab "
 
 if GROUP_SEEDS:
+    # One rule per distinct seed list (scale.seed_counts lets some variants run fewer seeds).
+    _SEED_GROUPS = {}
+    for _v in VARIANTS:
+        _SEED_GROUPS.setdefault(tuple(SEEDS_BY_VARIANT[_v]), []).append(_v)
 
-    rule train_group:
-        """Train every seed of one (size, variant) in one process, one run after another."""
-        input:
-            manifest=rules.prepare_data.output.manifest,
-        output:
-            done=[f"{RES}/runs/{{size}}/{{variant}}/seed{s}/train_done.json" for s in SEEDS],
-            metrics=[f"{RES}/runs/{{size}}/{{variant}}/seed{s}/metrics.csv" for s in SEEDS],
-        params:
-            common=COMMON,
-            wrap=TRAIN_WRAP,
-            seeds=" ".join(str(s) for s in SEEDS),
-            data=lambda wc, input: os.path.dirname(input.manifest),
-            outs=lambda wc, output: " ".join(shlex.quote(os.path.dirname(p)) for p in output.done),
-        log:
-            f"{RES}/logs/train_{{size}}_{{variant}}.log",
-        conda:
-            "../../envs/hybridlab.yaml"
-        threads: 1
-        resources:
-            gpu=TRAIN_GPUS,
-        shell:
-            _TRAIN_SHELL + "train-group --size {wildcards.size} --variant {wildcards.variant} --seeds {params.seeds} "
-            "--data {params.data} --outs {params.outs} {params.common} > {log} 2>&1"
+    for _i, (_seeds, _variants) in enumerate(_SEED_GROUPS.items()):
+
+        rule:
+            """Train every seed of one (size, variant) in one process, one run after another."""
+            name:
+                f"train_group_{_i}"
+            input:
+                manifest=rules.prepare_data.output.manifest,
+            output:
+                done=[f"{RES}/runs/{{size}}/{{variant}}/seed{s}/train_done.json" for s in _seeds],
+                metrics=[f"{RES}/runs/{{size}}/{{variant}}/seed{s}/metrics.csv" for s in _seeds],
+            wildcard_constraints:
+                variant="|".join(_variants),
+            params:
+                common=COMMON,
+                wrap=TRAIN_WRAP,
+                seeds=" ".join(str(s) for s in _seeds),
+                data=lambda wc, input: os.path.dirname(input.manifest),
+                outs=lambda wc, output: " ".join(shlex.quote(os.path.dirname(p)) for p in output.done),
+            log:
+                f"{RES}/logs/train_{{size}}_{{variant}}.log",
+            conda:
+                "../../envs/hybridlab.yaml"
+            threads: 1
+            resources:
+                gpu=TRAIN_GPUS,
+            shell:
+                _TRAIN_SHELL + "train-group --size {wildcards.size} --variant {wildcards.variant} "
+                "--seeds {params.seeds} --data {params.data} --outs {params.outs} {params.common} > {log} 2>&1"
 
 else:
 

@@ -1,10 +1,19 @@
-"""Automated checks of the paper's claims C1..C4 on result tables (pure pandas; thresholds from
-conf/claims/default.yaml, where each is documented).
+"""Automated checks of the paper's claims C1..C4 on result tables (pure pandas/numpy; thresholds and the
+statistics' settings from conf/claims/default.yaml, where each is documented).
 
-Every claim is decided per seed (or per unit, for C2: one variant of one seed), each seed's outcome is one of
-holds / fails / inconclusive (no signal, e.g. nothing formed), and the verdict is over the informative seeds:
-PASS when the fraction that hold reaches `verdict.min_fraction`, FAIL below it, INCONCLUSIVE with fewer than
-`verdict.min_seeds` informative seeds or when the needed variants or tables are missing.
+Seeds are independent draws, not pairs: GPU training is not bitwise reproducible, so two variants of "one seed"
+share nothing after a few hundred steps. Every claim is therefore decided by a statistic over the distribution of
+each variant's seeds, with a confidence interval or a permutation test at a level fixed before any run:
+  C1  emergence speed: the early gap between the smallest and largest window (bootstrap CI), then the late /
+      early spread ratio (its bootstrap upper bound against a threshold);
+  C2  receptive field: the fraction of hybrid runs in which constraining the full layers hurts far more than
+      constraining the efficient ones (Wilson interval against a threshold);
+  C3  large-window laziness: retrieval-head onsets as censored times (never formed = censored at the last
+      checkpoint), a one-sided log-rank trend test over the windows by permutation;
+  C4  NoPE: the mean long-context gain and the mean short-context change (bootstrap CIs).
+Verdicts: PASS, FAIL or INCONCLUSIVE (no signal, or the tables lack what the claim needs). Each claim is also
+decided on the two halves of every variant's seed list (`halves`): a verdict that stands should stand in both.
+Every run's own numbers are kept in `per_seed`.
 """
 
 from __future__ import annotations
@@ -18,17 +27,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from hybridlab.figures.stats import bootstrap, kaplan_meier, permutation_pvalue, wilson
 from hybridlab.figures.tables import NoData, Tables, at_context, final, layer_roles, metric_rows
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 HOLDS, FAILS, NO_SIGNAL = "holds", "fails", "inconclusive"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "claims" / "default.yaml"
 CONFIG_KEYS = {
-    "verdict": ("min_fraction", "min_seeds"),
+    "statistics": ("level", "bootstrap_draws", "permutation_draws", "seed"),
     "noise_floor": ("niah_acc", "log_longppl"),
     "c1": ("variants", "metrics", "early_fraction", "late_fraction", "max_spread_ratio"),
-    "c2": ("window_fraction", "min_ratio"),
-    "c3": ("variants", "onset_metric", "onset_selection", "mass_threshold"),
+    "c2": ("window_fraction", "min_ratio", "min_fraction"),
+    "c3": ("variants", "onset_metric", "onset_selection", "mass_threshold", "alpha"),
     "c4": ("base", "nope", "long_metrics", "max_short_rel_change"),
 }
 C1_METRICS = ("niah_acc", "neg_log_longppl")
@@ -37,19 +47,22 @@ C4_METRICS = ("niah_acc_at_and_beyond", "neg_log_longppl")
 
 @dataclass
 class ClaimResult:
-    """One claim's verdict, the statistic behind it, and every seed's (or unit's) numbers."""
+    """One claim's verdict, the statistic behind it and its value with interval or p-value, the verdicts on the
+    two halves of the seeds, and every run's numbers."""
 
     cid: str
     title: str
     statistic: str
     verdict: str
     summary: str
-    fraction: float = math.nan
-    threshold: float = math.nan
-    n_holds: int = 0
-    n_informative: int = 0
     per_seed: pd.DataFrame = field(default_factory=pd.DataFrame)
     note: str = ""
+    halves: tuple[str, str] | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def halves_agree(self) -> bool | None:
+        return None if self.halves is None else self.halves[0] == self.halves[1] == self.verdict
 
 
 def load_claims_config(path: str | Path | None = None) -> dict[str, Any]:
@@ -66,33 +79,18 @@ def load_claims_config(path: str | Path | None = None) -> dict[str, Any]:
         for m in cfg[section][key]:
             if m not in allowed:
                 raise ConfigError(f"{section}.{key}", m, ", ".join(allowed))
-    if not 0 < cfg["verdict"]["min_fraction"] <= 1:
-        raise ConfigError("verdict.min_fraction", cfg["verdict"]["min_fraction"], "a number in (0, 1]")
+    s = cfg["statistics"]
+    if not 0 < s["level"] < 1:
+        raise ConfigError("statistics.level", s["level"], "a number in (0, 1), e.g. 0.95")
+    for key in ("bootstrap_draws", "permutation_draws"):
+        if not isinstance(s[key], int) or s[key] < 100:
+            raise ConfigError(f"statistics.{key}", s[key], "an integer >= 100")
+    for key in ("min_fraction",):
+        if not 0 <= cfg["c2"][key] < 1:
+            raise ConfigError(f"c2.{key}", cfg["c2"][key], "a number in [0, 1)")
+    if not 0 < cfg["c3"]["alpha"] < 1:
+        raise ConfigError("c3.alpha", cfg["c3"]["alpha"], "a number in (0, 1), e.g. 0.05")
     return cfg
-
-
-def verdict_over(outcomes: list[str], cfg: dict[str, Any]) -> tuple[str, float, int, int, str]:
-    """(verdict, fraction holding, n holding, n informative, one-line summary) over seeds' outcomes."""
-    n_inf = sum(o in (HOLDS, FAILS) for o in outcomes)
-    k = sum(o == HOLDS for o in outcomes)
-    min_fraction, min_seeds = cfg["verdict"]["min_fraction"], cfg["verdict"]["min_seeds"]
-    frac = k / n_inf if n_inf else math.nan
-    tail = f" ({len(outcomes) - n_inf} of {len(outcomes)} inconclusive)" if n_inf < len(outcomes) else ""
-    if n_inf < min_seeds:
-        return INCONCLUSIVE, frac, k, n_inf, f"{n_inf} informative (< {min_seeds} needed){tail}"
-    verdict = PASS if frac >= min_fraction else FAIL
-    sign = ">=" if verdict == PASS else "<"
-    return verdict, frac, k, n_inf, f"{k}/{n_inf} hold = {frac:.2f} {sign} {min_fraction}{tail}"
-
-
-def order_outcome(values: list[float], tol: float) -> str:
-    """Is `values` (listed in the expected order) non-decreasing, within `tol` between neighbours, with the last
-    strictly (more than tol) above the first? holds / fails / inconclusive (all within tol: a tie). inf is
-    larger than any finite value; two infs are equal."""
-    if all(v == values[0] for v in values) or (all(np.isfinite(values)) and max(values) - min(values) <= tol):
-        return NO_SIGNAL
-    chain = all(b >= a - tol for a, b in zip(values, values[1:], strict=False))
-    return HOLDS if chain and values[-1] > values[0] + tol else FAILS
 
 
 def has_signal(values: pd.Series, floor: float) -> bool:
@@ -114,14 +112,31 @@ def _present(variants: list[str], df: pd.DataFrame, claim: str) -> list[str]:
     return present
 
 
-def _result(cid: str, title: str, statistic: str, per_seed: pd.DataFrame, cfg: dict, note: str = "") -> ClaimResult:
-    verdict, frac, k, n, summary = verdict_over(list(per_seed["outcome"]), cfg)
-    return ClaimResult(cid, title, statistic, verdict, summary, frac, cfg["verdict"]["min_fraction"], k, n,
-                       per_seed.reset_index(drop=True), note)
+def _boot(cfg: dict, stat, samples, salt: int):
+    s = cfg["statistics"]
+    return bootstrap(stat, samples, draws=s["bootstrap_draws"], level=s["level"], seed=s["seed"] + salt)
 
 
-def _inconclusive(cid: str, title: str, statistic: str, why: str) -> ClaimResult:
-    return ClaimResult(cid, title, statistic, INCONCLUSIVE, f"no data: {why}", note=why)
+def seed_halves(tables: Tables) -> tuple[Tables, Tables]:
+    """The tables split into two disjoint halves of every variant's seeds (its sorted seeds: first half, rest)."""
+    seeds = {}
+    for df in tables.frames.values():
+        if df is not None and {"variant", "seed"} <= set(df.columns):
+            for v, s in df[["variant", "seed"]].drop_duplicates().itertuples(index=False):
+                seeds.setdefault(v, set()).add(s)
+    first = {v: sorted(s)[:len(s) // 2] for v, s in seeds.items()}
+
+    def part(keep_first: bool) -> Tables:
+        frames = {}
+        for name, df in tables.frames.items():
+            if df is None or not {"variant", "seed"} <= set(df.columns):
+                frames[name] = df
+                continue
+            in_first = [s in first.get(v, []) for v, s in zip(df["variant"], df["seed"], strict=True)]
+            frames[name] = df[np.array(in_first, dtype=bool) == keep_first].reset_index(drop=True)
+        return Tables(info=tables.info, frames=frames)
+
+    return part(True), part(False)
 
 
 # C1 ---------------------------------------------------------------------------------------------------------
@@ -142,12 +157,17 @@ def _c1_scores(tables: Tables, metric: str) -> pd.DataFrame:
     return d
 
 
+def _spread(means: list[float]) -> float:
+    return float(max(means) - min(means))
+
+
 def check_c1(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
-    c = cfg["c1"]
-    statistic = (f"per seed: early score (mean over checkpoints <= {c['early_fraction']:g} of the run) ordered "
-                 f"{' >= '.join(c['variants'])} (ties within the noise floor allowed between neighbours, the "
-                 f"first strictly ahead of the last), and late spread (checkpoints >= {c['late_fraction']:g} of the "
-                 f"run) / early spread < {c['max_spread_ratio']:g}")
+    c, level = cfg["c1"], cfg["statistics"]["level"]
+    statistic = (f"early score E (mean over checkpoints <= {c['early_fraction']:g} of the run) and late score L "
+                 f"(checkpoints >= {c['late_fraction']:g}) per run; early gap = mean E({c['variants'][0]}) - mean "
+                 f"E({c['variants'][-1]}) must have its {level:.0%} bootstrap interval above 0 (else INCONCLUSIVE; "
+                 f"below 0: FAIL), then the spread ratio (max - min of the variants' mean L) / (max - min of mean E) "
+                 f"must have its upper bound below {c['max_spread_ratio']:g}")
     metric, scores, why = None, None, []
     for m in c["metrics"]:
         floor = cfg["noise_floor"]["niah_acc" if m == "niah_acc" else "log_longppl"]
@@ -167,32 +187,43 @@ def check_c1(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
             raise NoData("; ".join(why))
         variants = _present(c["variants"], scores, "C1")
     except NoData as e:
-        return _inconclusive("C1", C1_TITLE, statistic, str(e))
-    floor = cfg["noise_floor"]["niah_acc" if metric == "niah_acc" else "log_longppl"]
+        return ClaimResult("C1", C1_TITLE, statistic, INCONCLUSIVE, f"no data: {e}", note=str(e))
     rows = []
-    for seed, g in scores.groupby("seed"):
-        wide = g.pivot_table(index="tokens", columns="variant", values="value").reindex(columns=variants).dropna()
-        wide = wide[wide.index > 0]
-        if wide.empty:
-            continue
-        total = wide.index.max()
-        early = wide[wide.index <= c["early_fraction"] * total]
-        early = early if not early.empty else wide.iloc[:1]
-        late = wide[wide.index >= c["late_fraction"] * total]
-        e_mean, l_mean = early.mean(), late.mean()
-        e_spread, l_spread = float(e_mean.max() - e_mean.min()), float(l_mean.max() - l_mean.min())
-        order = order_outcome(list(e_mean.values[::-1]), floor)
-        ratio = l_spread / e_spread if e_spread > 0 else math.nan
-        shrinks = e_spread > floor and ratio < c["max_spread_ratio"]
-        outcome = order if order != HOLDS else (HOLDS if shrinks else FAILS)
-        row = {"seed": seed, **{f"early {v}": e_mean[v] for v in variants},
-               **{f"late {v}": l_mean[v] for v in variants}, "early spread": e_spread, "late spread": l_spread,
-               "late/early": ratio, "ordered early": order, "shrinks": shrinks, "outcome": outcome}
-        rows.append(row)
-    if not rows:
-        return _inconclusive("C1", C1_TITLE, statistic, "no checkpoint common to the variants")
-    note = f"metric: {metric} at the training length ({tables.context}); noise floor {floor:g}"
-    return _result("C1", C1_TITLE, statistic, pd.DataFrame(rows), cfg, note)
+    for (variant, seed), g in scores[scores["tokens"] > 0].groupby(["variant", "seed"]):
+        total = g["tokens"].max()
+        early = g[g["tokens"] <= c["early_fraction"] * total]
+        early = early if not early.empty else g.nsmallest(1, "tokens")
+        late = g[g["tokens"] >= c["late_fraction"] * total]
+        rows.append({"variant": variant, "seed": seed, "early": early["value"].mean(), "late": late["value"].mean(),
+                     "checkpoints": len(g)})
+    per = pd.DataFrame(rows)
+    samples_e = [per.loc[per["variant"] == v, "early"].to_numpy() for v in variants]
+    samples_l = [per.loc[per["variant"] == v, "late"].to_numpy() for v in variants]
+    k = len(variants)
+
+    def gap(*s):
+        return float(np.mean(s[0]) - np.mean(s[-1]))
+
+    def ratio(*s):
+        e, late = [float(np.mean(x)) for x in s[:k]], [float(np.mean(x)) for x in s[k:]]
+        return _spread(late) / _spread(e) if _spread(e) > 0 else math.nan
+
+    g = _boot(cfg, gap, samples_e, 11)
+    r = _boot(cfg, ratio, samples_e + samples_l, 12)
+    values = {"early_gap": g.estimate, "early_gap_low": g.low, "early_gap_high": g.high, "ratio": r.estimate,
+              "ratio_low": r.low, "ratio_high": r.high}
+    means = ", ".join(f"{v} E {np.mean(e):.3f} L {np.mean(la):.3f} (n={len(e)})"
+                      for v, e, la in zip(variants, samples_e, samples_l, strict=True))
+    if not g.low > 0:
+        verdict = FAIL if g.high < 0 else INCONCLUSIVE
+        why_not = "reversed" if verdict == FAIL else "not resolved"
+        summary = f"early gap {g} ({why_not}: its interval is not above 0); spread ratio {r}"
+    else:
+        verdict = PASS if r.high < c["max_spread_ratio"] else FAIL
+        sign = "<" if verdict == PASS else ">="
+        summary = f"early gap {g} > 0; spread ratio {r}, upper bound {r.high:.3g} {sign} {c['max_spread_ratio']:g}"
+    note = f"metric {metric} at the training length ({tables.context}); {means}"
+    return ClaimResult("C1", C1_TITLE, statistic, verdict, summary, per, note, values=values)
 
 
 # C2 ---------------------------------------------------------------------------------------------------------
@@ -203,9 +234,12 @@ C2_TITLE = "C2 receptive-field constraint"
 def check_c2(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
     c = cfg["c2"]
     floor = cfg["noise_floor"]["log_longppl"]
-    statistic = (f"per (variant, seed), final checkpoint: [log LongPPL(full layers constrained) - log LongPPL(none)]"
-                 f" / max(log LongPPL(efficient layers constrained) - log LongPPL(none), {floor:g}) > "
-                 f"{c['min_ratio']:g}, window closest to {c['window_fraction']:g} x training context")
+    level = cfg["statistics"]["level"]
+    statistic = (f"per hybrid run, final checkpoint: ratio = [log LongPPL(full layers constrained) - log "
+                 f"LongPPL(none)] / max(log LongPPL(efficient constrained) - log LongPPL(none), {floor:g}); a run "
+                 f"holds when ratio > {c['min_ratio']:g}; PASS when the {level:.0%} Wilson interval of the fraction "
+                 f"of informative runs that hold lies above {c['min_fraction']:g} (window closest to "
+                 f"{c['window_fraction']:g} x training context)")
     try:
         rec = tables.need("receptive")
         rec = final(rec[rec["metric"] == "log_longppl"])
@@ -217,7 +251,7 @@ def check_c2(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
         target = c["window_fraction"] * tables.context
         window = min(windows, key=lambda w: (abs(w - target), w))
     except NoData as e:
-        return _inconclusive("C2", C2_TITLE, statistic, str(e))
+        return ClaimResult("C2", C2_TITLE, statistic, INCONCLUSIVE, f"no data: {e}", note=str(e))
     rows = []
     for (variant, seed), g in rec.groupby(["variant", "seed"]):
         if not is_hybrid(tables.info, variant):  # Full: constraining "the efficient layers" changes nothing
@@ -237,8 +271,23 @@ def check_c2(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
                      "efficient constrained": by["efficient"], "increase full": inc_full,
                      "increase efficient": inc_eff, "ratio": ratio, "outcome": outcome})
     if not rows:
-        return _inconclusive("C2", C2_TITLE, statistic, "no variant has none, full and efficient rows")
-    return _result("C2", C2_TITLE, statistic, pd.DataFrame(rows), cfg, f"window {window:g} tokens")
+        return ClaimResult("C2", C2_TITLE, statistic, INCONCLUSIVE, "no data: no hybrid has none, full and "
+                           "efficient rows")
+    per = pd.DataFrame(rows)
+    informative = per[per["outcome"] != NO_SIGNAL]
+    k, n = int((informative["outcome"] == HOLDS).sum()), len(informative)
+    if n == 0:
+        return ClaimResult("C2", C2_TITLE, statistic, INCONCLUSIVE, "no run shows any increase beyond the noise "
+                           "floor", per, f"window {window:g} tokens")
+    w = wilson(k, n, level)
+    verdict = PASS if w.low > c["min_fraction"] else FAIL
+    by_variant = ", ".join(f"{v} {int((g['outcome'] == HOLDS).sum())}/{int((g['outcome'] != NO_SIGNAL).sum())}"
+                           for v, g in per.groupby("variant", sort=False))
+    summary = (f"{k}/{n} runs hold = {w.estimate:.2f} [{w.low:.2f}, {w.high:.2f}]; lower bound "
+               f"{'>' if verdict == PASS else '<='} {c['min_fraction']:g}")
+    note = f"window {window:g} tokens; {len(per) - n} runs without signal left out; per variant: {by_variant}"
+    return ClaimResult("C2", C2_TITLE, statistic, verdict, summary, per, note,
+                       values={"fraction": w.estimate, "fraction_low": w.low, "fraction_high": w.high})
 
 
 # C3 ---------------------------------------------------------------------------------------------------------
@@ -248,51 +297,93 @@ C3_TITLE = "C3 large-window laziness"
 
 def run_onsets(tables: Tables, mass_threshold: float, metric: str = "onset_tokens",
                selection: str = "any_full") -> tuple[pd.DataFrame, str]:
-    """Per (variant, seed): onset_tokens of the first retrieval head to form (inf: none formed), and the source.
+    """Per (variant, seed): onset_tokens of the first retrieval head to form (inf: none formed), the run's last
+    checkpoint (`censored_at`, where a run that never formed is censored), and the source.
 
-    From onset.csv: `metric` of the rows of `selection` (when the table has that column), the minimum over the
-    heads listed. Else from heads.csv: the first checkpoint where the strongest full-attention head's needle mass
-    (at the training length) exceeds `mass_threshold` (the same definition as onset.csv's any_full).
-    """
+    From onset.csv: `metric` of the rows of `selection`, the minimum over the heads listed. Else from heads.csv:
+    the first checkpoint where the strongest full-attention head's needle mass (at the training length) exceeds
+    `mass_threshold` (the same definition as onset.csv's any_full)."""
+    heads = tables.get("heads")
+    ev = tables.get("eval")
+    last_src = heads if heads is not None and not heads.empty else ev
+    last = (last_src.groupby(["variant", "seed"])["tokens"].max() if last_src is not None and not last_src.empty
+            else None)
     onset = tables.get("onset")
     if onset is not None and (onset["metric"] == metric).any():
         d = onset[onset["metric"] == metric]
         if "selection" in d.columns and (d["selection"] == selection).any():
             d = d[d["selection"] == selection]
         out = d.astype({"value": float}).groupby(["variant", "seed"], as_index=False)["value"].min()
-        return out.rename(columns={"value": "onset_tokens"}), f"onset.csv ({metric}, {selection})"
-    heads = tables.need("heads")
-    d = at_context(heads[(heads["metric"] == "needle_mass") & (heads["role"] == "full")], tables.context)
-    if d.empty:
-        raise NoData("heads.csv has no needle_mass rows of full-attention heads")
-    best = d.groupby(["variant", "seed", "tokens"], as_index=False)["value"].max()
-    formed = best[best["value"] > mass_threshold].groupby(["variant", "seed"])["tokens"].min()
-    out = best[["variant", "seed"]].drop_duplicates().set_index(["variant", "seed"])
-    out["onset_tokens"] = formed.reindex(out.index).astype(float).fillna(math.inf)
-    return out.reset_index(), f"heads.csv (strongest full head's needle mass > {mass_threshold:g})"
+        out = out.rename(columns={"value": "onset_tokens"})
+        source = f"onset.csv ({metric}, {selection})"
+    else:
+        heads = tables.need("heads")
+        d = at_context(heads[(heads["metric"] == "needle_mass") & (heads["role"] == "full")], tables.context)
+        if d.empty:
+            raise NoData("heads.csv has no needle_mass rows of full-attention heads")
+        best = d.groupby(["variant", "seed", "tokens"], as_index=False)["value"].max()
+        formed = best[best["value"] > mass_threshold].groupby(["variant", "seed"])["tokens"].min()
+        out = best[["variant", "seed"]].drop_duplicates().set_index(["variant", "seed"])
+        out["onset_tokens"] = formed.reindex(out.index).astype(float).fillna(math.inf)
+        out = out.reset_index()
+        source = f"heads.csv (strongest full head's needle mass > {mass_threshold:g})"
+    finite_max = out.loc[np.isfinite(out["onset_tokens"]), "onset_tokens"].max()
+    fallback = float(finite_max) if pd.notna(finite_max) else 1.0
+    if last is not None:
+        out["censored_at"] = [float(last.get((v, s), fallback)) for v, s in zip(out["variant"], out["seed"],
+                                                                                strict=True)]
+    else:
+        out["censored_at"] = fallback
+    return out, source
+
+
+def onset_survival(onsets: pd.DataFrame, variant: str):
+    """Kaplan-Meier curve of 'not formed yet' for one variant's runs (never formed: censored at the last
+    checkpoint)."""
+    d = onsets[onsets["variant"] == variant]
+    observed = np.isfinite(d["onset_tokens"].to_numpy())
+    times = np.where(observed, d["onset_tokens"].to_numpy(), d["censored_at"].to_numpy())
+    return kaplan_meier(times, observed)
 
 
 def check_c3(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
-    c = cfg["c3"]
-    statistic = (f"per seed: retrieval-head onset (tokens) ordered {' <= '.join(c['variants'])}, never formed = "
-                 "later than any formed, smallest window strictly earlier than the largest")
+    c, s = cfg["c3"], cfg["statistics"]
+    statistic = (f"retrieval-head onsets (tokens) of {', '.join(c['variants'])} as censored times (never formed: "
+                 f"censored at the last checkpoint); one-sided log-rank trend test over the windows in that order "
+                 f"(larger window forms later), p-value from {s['permutation_draws']} random relabellings of the "
+                 f"runs; PASS when p < {c['alpha']:g}")
     try:
         onsets, source = run_onsets(tables, c["mass_threshold"], c["onset_metric"], c["onset_selection"])
         variants = _present(c["variants"], onsets, "C3")
     except NoData as e:
-        return _inconclusive("C3", C3_TITLE, statistic, str(e))
-    wide = onsets.pivot_table(index="seed", columns="variant", values="onset_tokens").reindex(columns=variants)
-    rows = []
-    for seed, r in wide.iterrows():
-        present = [v for v in variants if not pd.isna(r[v])]
-        if len(present) < 2:
-            continue
-        values = [float(r[v]) for v in present]
-        outcome = order_outcome(values, 0.0)
-        rows.append({"seed": seed, **{v: r[v] for v in variants}, "outcome": outcome})
-    if not rows:
-        return _inconclusive("C3", C3_TITLE, statistic, "no seed holds onsets of two variants")
-    return _result("C3", C3_TITLE, statistic, pd.DataFrame(rows), cfg, f"onset from {source}; inf = never formed")
+        return ClaimResult("C3", C3_TITLE, statistic, INCONCLUSIVE, f"no data: {e}", note=str(e))
+    d = onsets[onsets["variant"].isin(variants)].copy()
+    observed = np.isfinite(d["onset_tokens"].to_numpy())
+    if not observed.any():
+        return ClaimResult("C3", C3_TITLE, statistic, INCONCLUSIVE, "no retrieval head formed in any run",
+                           d.reset_index(drop=True), f"onset from {source}")
+    times = np.where(observed, d["onset_tokens"], d["censored_at"])
+    groups = np.array([variants.index(v) for v in d["variant"]])
+    stat, p = permutation_pvalue(times, observed, groups, draws=s["permutation_draws"], seed=s["seed"] + 13)
+    verdict = PASS if p < c["alpha"] else FAIL
+    parts = []
+    for v in variants:
+        g = d[d["variant"] == v]
+        km = onset_survival(d, v)
+        formed = int(np.isfinite(g["onset_tokens"]).sum())
+        med = _median_onset(km)
+        parts.append(f"{v} formed {formed}/{len(g)}, median onset {med}")
+    summary = (f"log-rank trend statistic {stat:.3g}, one-sided permutation p = {p:.4f} "
+               f"{'<' if verdict == PASS else '>='} {c['alpha']:g}; " + "; ".join(parts))
+    per = d.assign(formed=observed).reset_index(drop=True)
+    return ClaimResult("C3", C3_TITLE, statistic, verdict, summary, per,
+                       f"onset from {source}; inf = never formed (censored at censored_at)",
+                       values={"statistic": stat, "p": p})
+
+
+def _median_onset(km) -> str:
+    below = np.flatnonzero(km.surviving <= 0.5)
+    return f"{km.times[below[0]]:,.0f}" if below.size else "not reached"
 
 
 # C4 ---------------------------------------------------------------------------------------------------------
@@ -301,11 +392,12 @@ C4_TITLE = "C4 NoPE on the full layers"
 
 
 def check_c4(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
-    c = cfg["c4"]
+    c, level = cfg["c4"], cfg["statistics"]["level"]
     base, nope = c["base"], c["nope"]
-    statistic = (f"per seed, final checkpoint: long-context score({nope}) - score({base}) > noise floor (a gain "
-                 f"within the floor: inconclusive), and |val_loss_local({nope}) - val_loss_local({base})| / "
-                 f"val_loss_local({base}) <= {c['max_short_rel_change']:g}")
+    statistic = (f"final checkpoint, every seed of each variant an independent draw: long-context gain = "
+                 f"mean score({nope}) - mean score({base}) must have its {level:.0%} bootstrap interval above 0, and "
+                 f"the short-context change (mean val_loss_local({nope}) - mean val_loss_local({base})) / "
+                 f"mean val_loss_local({base}) its upper bound below {c['max_short_rel_change']:g}")
     try:
         ev = final(tables.need("eval"))
         ev = ev[ev["variant"].isin([base, nope])]
@@ -324,32 +416,33 @@ def check_c4(tables: Tables, cfg: dict[str, Any]) -> ClaimResult:
         if metric is None:
             raise NoData(f"no long-context metric with a signal among {c['long_metrics']}")
     except NoData as e:
-        return _inconclusive("C4", C4_TITLE, statistic, str(e))
-    floor = floors[metric]
+        return ClaimResult("C4", C4_TITLE, statistic, INCONCLUSIVE, f"no data: {e}", note=str(e))
     short = short.groupby(["variant", "seed"])["value"].mean()
-    rows = []
-    for seed in sorted(set(ev["seed"])):
-        keys = [(base, seed), (nope, seed)]
-        if not all(k in short.index and k in scores[metric].index for k in keys):
-            continue
-        gain = scores[metric][keys[1]] - scores[metric][keys[0]]
-        rel = abs(short[keys[1]] - short[keys[0]]) / short[keys[0]]
-        if rel > c["max_short_rel_change"] or gain < -floor:
-            outcome = FAILS
-        else:
-            outcome = HOLDS if gain > floor else NO_SIGNAL
-        row = {"seed": seed}
-        for name, s in scores.items():
-            for k in keys:
-                row[f"{name} {k[0]}"] = s.get(k, math.nan)
-        row.update({f"val_loss_local {base}": short[keys[0]], f"val_loss_local {nope}": short[keys[1]],
-                    "long gain": gain, "short rel change": rel, "outcome": outcome})
-        rows.append(row)
-    if not rows:
-        return _inconclusive("C4", C4_TITLE, statistic, f"no seed holds both {base} and {nope}")
-    note = f"long metric: {metric} (noise floor {floor:g}); NIAH lengths >= {tables.context}"
-    return _result("C4", C4_TITLE, statistic, pd.DataFrame(rows), cfg, note)
+    long_score = scores[metric]
+    per = pd.concat({"long": long_score, "val_loss_local": short}, axis=1).reset_index()
+    s_long = [per.loc[per["variant"] == v, "long"].dropna().to_numpy() for v in (base, nope)]
+    s_short = [per.loc[per["variant"] == v, "val_loss_local"].dropna().to_numpy() for v in (base, nope)]
+    gain = _boot(cfg, lambda b, n: float(np.mean(n) - np.mean(b)), s_long, 41)
+    rel = _boot(cfg, lambda b, n: float((np.mean(n) - np.mean(b)) / np.mean(b)), s_short, 42)
+    ok_long, ok_short = gain.low > 0, rel.high < c["max_short_rel_change"]
+    verdict = PASS if ok_long and ok_short else FAIL
+    summary = (f"long gain ({metric}) {gain}, lower bound {'>' if ok_long else '<='} 0; short-context change "
+               f"{100 * rel.estimate:+.2f}% [{100 * rel.low:+.2f}%, {100 * rel.high:+.2f}%], upper bound "
+               f"{'<' if ok_short else '>='} {100 * c['max_short_rel_change']:g}%")
+    note = (f"long metric: {metric} (NIAH lengths >= {tables.context}); n = {len(s_long[0])} {base}, "
+            f"{len(s_long[1])} {nope}")
+    return ClaimResult("C4", C4_TITLE, statistic, verdict, summary, per, note,
+                       values={"gain": gain.estimate, "gain_low": gain.low, "gain_high": gain.high,
+                               "short_rel": rel.estimate, "short_rel_low": rel.low, "short_rel_high": rel.high})
+
+
+CHECKS = (check_c1, check_c2, check_c3, check_c4)
 
 
 def check_all(tables: Tables, cfg: dict[str, Any]) -> list[ClaimResult]:
-    return [check(tables, cfg) for check in (check_c1, check_c2, check_c3, check_c4)]
+    """Every claim on all seeds, each with its verdicts on the two halves of the seeds."""
+    results = [check(tables, cfg) for check in CHECKS]
+    first, second = seed_halves(tables)
+    for r, check in zip(results, CHECKS, strict=True):
+        r.halves = (check(first, cfg).verdict, check(second, cfg).verdict)
+    return results

@@ -14,7 +14,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
 from hybridlab.figures.style import save, setup, variant_order, variant_palette
 from hybridlab.figures.tables import NoData, at_context, efficient_windows, final, layer_roles, metric_rows
@@ -303,31 +302,38 @@ def fig5_dynamics(traj: pd.DataFrame, out_dir, traced: pd.DataFrame | None = Non
 
 
 def fig_onset(onsets: pd.DataFrame, out_dir, source: str) -> list[Path]:
-    """Retrieval-head onset (training tokens at which the first retrieval head forms) per variant, a line per
-    seed joining its variants (comparisons are paired by seed); runs where none formed sit on the 'never' row
-    (claim C3)."""
+    """Retrieval-head onset as survival curves: per variant, the fraction of its runs in which a full-attention
+    retrieval head has formed by D training tokens (Kaplan-Meier; a run in which none formed is censored at its
+    last checkpoint, marked +), with a pointwise 95% band; seeds are independent draws (claim C3)."""
+    from hybridlab.figures.claims import onset_survival
+
     if onsets.empty:
         raise NoData("no onsets")
     setup()
-    # The window ladder first (Full last of it: an unbounded window), so laziness reads as a rising line.
     ladder = [v for v in ("swa128", "swa512", "swa2048", "full") if v in set(onsets["variant"])]
     variants = ladder + [v for v in variant_order(onsets["variant"]) if v not in ladder]
-    finite = onsets.loc[np.isfinite(onsets["onset_tokens"]), "onset_tokens"]
-    top = finite.max() if not finite.empty else 1.0
-    never = top * 1.3
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(variants) + 2), 3.6))
-    for seed, g in onsets.groupby("seed"):
-        g = g.set_index("variant").reindex(variants)
-        y = g["onset_tokens"].where(np.isfinite(g["onset_tokens"]), never)
-        ax.plot(range(len(variants)), y.values, marker="o", label=f"seed {seed}")
-    ax.axhline(never, color="grey", ls=":", lw=1)
-    ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
-    ticks = [t for t in MaxNLocator(nbins=5).tick_values(0, top) if 0 <= t <= top * 1.1]
-    ax.set_yticks([*ticks, never], [f"{t:,.0f}" for t in ticks] + ["never formed"])
-    ax.set_ylim(0, never * 1.08)
-    ax.set_ylabel("onset (training tokens)")
+    pal = variant_palette(variants)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    t_max = float(onsets["censored_at"].max())
+    for v in variants:
+        km = onset_survival(onsets, v)
+        g = onsets[onsets["variant"] == v]
+        x = np.concatenate([[0.0], km.times, [t_max]])
+        formed = 1 - np.concatenate([[1.0], km.surviving, km.surviving[-1:] if len(km.times) else [1.0]])
+        lo = 1 - np.concatenate([[1.0], km.high, km.high[-1:] if len(km.times) else [1.0]])
+        hi = 1 - np.concatenate([[1.0], km.low, km.low[-1:] if len(km.times) else [1.0]])
+        ax.step(x, formed, where="post", color=pal[v], label=f"{v} ({km.events}/{km.n} formed)")
+        ax.fill_between(x, lo, hi, step="post", color=pal[v], alpha=0.15, lw=0)
+        censored = g.loc[~np.isfinite(g["onset_tokens"]), "censored_at"]
+        if len(censored):
+            ax.plot(censored, np.full(len(censored), formed[-1]), "+", color=pal[v], ms=8)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("fraction of runs with a retrieval head")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, t_max * 1.02)
     ax.set_title(f"onset from {source}", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
     return save(fig, out_dir, "fig_onset")
 
 
