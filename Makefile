@@ -5,6 +5,16 @@ BIN    := $(VENV)/bin
 SCALE  ?= smoke
 CORES  ?= all
 RESULTS ?= results
+# A machine whose Python already holds the environment (a lent GPU image with the wheels installed) sets
+# NO_VENV=1: the targets then use the snakemake on PATH instead of building .venv.
+NO_VENV ?=
+SNAKEMAKE ?= $(if $(NO_VENV),snakemake,$(BIN)/snakemake)
+ENV_DEP := $(if $(NO_VENV),,venv)
+# GPU jobs per card (evaluation and analysis jobs share a card; see workflow/scripts/gpu_lock.py) and training
+# jobs per card (at most 2: one compiles on the CPU while the other trains; results/mini/README.md measured it).
+NGPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || echo 0)
+JOBS_PER_GPU ?= 6
+TRAIN_PER_GPU ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: venv replicate replicate-mini test lint figures report-html clean-smoke
@@ -20,12 +30,16 @@ $(BIN)/.installed: pyproject.toml envs/requirements.lock
 venv: $(BIN)/.installed
 
 ## replicate: run the whole DAG at the smoke scale (or SCALE=mini on a GPU machine); figures + report in paper/
-replicate: venv
-	$(BIN)/snakemake --cores $(CORES) --config scale=$(SCALE)
+replicate: $(ENV_DEP)
+	$(SNAKEMAKE) --cores $(CORES) --config scale=$(SCALE)
 	@echo "report: paper/$(SCALE)/report.md"
 
-replicate-mini:
-	$(MAKE) replicate SCALE=mini
+## replicate-mini: the mini scale on this machine's GPUs (about a quarter of an hour on one H200)
+replicate-mini: $(ENV_DEP)
+	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
+	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) $(SNAKEMAKE) --cores $(CORES) \
+	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) --config scale=mini
+	@echo "report: paper/mini/report.md"
 
 ## test: the whole test suite (unit, integration smoke DAG, kernels under the Triton interpreter, reliability)
 test: venv
@@ -36,8 +50,8 @@ lint: venv
 	$(BIN)/snakemake --lint
 
 ## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch)
-figures: venv
-	$(BIN)/snakemake --cores 1 figures_only --config scale=$(SCALE) results_dir=$(RESULTS)
+figures: $(ENV_DEP)
+	$(SNAKEMAKE) --cores 1 figures_only --config scale=$(SCALE) results_dir=$(RESULTS)
 
 clean-smoke:
 	rm -rf results/smoke paper/smoke

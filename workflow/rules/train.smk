@@ -36,6 +36,7 @@ if GROUP_SEEDS:
             threads: 1
             resources:
                 gpu=TRAIN_GPUS,
+                train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
             shell:
                 _TRAIN_SHELL + "train-group --size {wildcards.size} --variant {wildcards.variant} "
                 "--seeds {params.seeds} --data {params.data} --outs {params.outs} {params.common} > {log} 2>&1"
@@ -61,6 +62,7 @@ else:
         threads: 1
         resources:
             gpu=TRAIN_GPUS,
+            train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
         shell:
             _TRAIN_SHELL + "train --size {wildcards.size} --variant {wildcards.variant} --seed {wildcards.seed} "
             "--data {params.data} --out {params.run} {params.common} > {log} 2>&1"

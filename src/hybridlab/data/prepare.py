@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def eval_tasks(cfg: DictConfig) -> list[str]:
 
 def data_fingerprint(cfg: DictConfig) -> str:
     e = cfg.eval
-    relevant = {"format": FORMAT, "data": OmegaConf.to_container(cfg.data, resolve=True),
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "workers"}
+    relevant = {"format": FORMAT, "data": data,  # workers: how the data are made, not what they are
                 "context": int(cfg.scale.context),
                 "eval": [eval_lengths(cfg), e.niah_samples, list(e.niah_depth_range), list(e.get("ruler_tasks", [])),
                          e.get("ruler_samples", 0), e.get("probe_samples", 0), e.get("eval_seed", 0)],
@@ -138,7 +140,9 @@ def _synthetic(cfg: DictConfig, out: Path) -> dict:
     corpus = build_corpus(cfg)
     context = int(cfg.scale.context)
     dtypes = {"tokens": token_dtype(corpus.vocab.size), "dist": np.dtype(np.uint16 if context < 2**16 else np.int32)}
-    splits = {split: _write_split(out, split, corpus.sequences(split, int(n), context), int(n) * context, dtypes)
+    workers = int(cfg.data.get("workers") or min(16, os.cpu_count() or 1))  # chunks are independent streams
+    splits = {split: _write_split(out, split, corpus.sequences(split, int(n), context, workers), int(n) * context,
+                                  dtypes)
               for split, n in (("train", cfg.data.n_train_seqs), ("val", cfg.data.n_val_seqs))}
     v = corpus.vocab
     spec = json.dumps([N_SPECIAL, v.n_keys, v.n_values, v.n_words])  # the token id layout

@@ -242,26 +242,38 @@ class SyntheticCorpus:
     def rng(self, split: str, chunk: int) -> np.random.Generator:
         return np.random.default_rng([self.spec.corpus_seed, SPLITS[split], chunk])
 
-    def sequences(self, split: str, n_seqs: int, context: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (tokens int64, dist int32) chunks of shape [n, context]; deterministic per (split, chunk)."""
+    def sequences(self, split: str, n_seqs: int, context: int,
+                  workers: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (tokens int64, dist int32) chunks of shape [n, context]; deterministic per (split, chunk), so
+        `workers` processes (each generating whole chunks, yielded in order) give the same data as one."""
+        jobs = [(split, c, min(CHUNK, n_seqs - first), context) for c, first in enumerate(range(0, n_seqs, CHUNK))]
+        if workers <= 1 or len(jobs) <= 1:
+            yield from (self.chunk(*job) for job in jobs)
+            return
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), initializer=_set_worker_corpus,
+                                                      initargs=(self.spec,)) as pool:
+            yield from pool.imap(_worker_chunk, jobs)
+
+    def chunk(self, split: str, c: int, n: int, context: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk `c` of a split: n sequences from the chunk's own random stream."""
         s = self.spec
-        for c, first in enumerate(range(0, n_seqs, CHUNK)):
-            n = min(CHUNK, n_seqs - first)
-            rng = self.rng(split, c)
-            tokens = self.filler.sample(rng, n, context)
-            dist = np.zeros(tokens.shape, dtype=np.int32)
-            short_len = max(16, int(round(s.short_doc_len * context)))
-            for i in range(n):
-                long_doc = rng.random() < s.long_fraction
-                start = 0
-                while start < context:
-                    # short documents vary in length (0.5x to 1.5x) so boundaries carry no positional cue
-                    doc_len = context if long_doc else int(rng.integers(short_len // 2, short_len * 3 // 2 + 1))
-                    end = min(start + doc_len, context)
-                    tokens[i, start] = BOS
-                    self.fill_document(tokens[i, start + 1:end], dist[i, start + 1:end], rng)
-                    start = end
-            yield tokens, dist
+        rng = self.rng(split, c)
+        tokens = self.filler.sample(rng, n, context)
+        dist = np.zeros(tokens.shape, dtype=np.int32)
+        short_len = max(16, int(round(s.short_doc_len * context)))
+        for i in range(n):
+            long_doc = rng.random() < s.long_fraction
+            start = 0
+            while start < context:
+                # short documents vary in length (0.5x to 1.5x) so boundaries carry no positional cue
+                doc_len = context if long_doc else int(rng.integers(short_len // 2, short_len * 3 // 2 + 1))
+                end = min(start + doc_len, context)
+                tokens[i, start] = BOS
+                self.fill_document(tokens[i, start + 1:end], dist[i, start + 1:end], rng)
+                start = end
+        return tokens, dist
 
     def fill_document(self, tokens: np.ndarray, dist: np.ndarray, rng: np.random.Generator) -> None:
         """Write tables, copied spans and facts into one document's filler (views, edited in place)."""
@@ -314,6 +326,17 @@ class SyntheticCorpus:
             doc.write(p, pair(int(key), value))
             doc.write(p + d, (QRY, int(key), value))
             dist[p + d + 2] = d
+
+
+_WORKER: dict[str, SyntheticCorpus] = {}
+
+
+def _set_worker_corpus(spec: CorpusSpec) -> None:
+    _WORKER["corpus"] = SyntheticCorpus(spec)
+
+
+def _worker_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return _WORKER["corpus"].chunk(*job)
 
 
 def _without(p: np.ndarray, i: int) -> np.ndarray:

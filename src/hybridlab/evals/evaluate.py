@@ -10,7 +10,9 @@ Output: a tidy table, one row per (checkpoint, metric, length) with columns EVAL
                    selection on real text (data/longppl.py); NaN when real text has no key-token mask
   loss_by_pos      mean loss of the tokens at positions (length/2, length] (the log perplexity by position; the
                    first bucket holds every position <= eval.pos_bucket_min)
-  niah_acc         fraction of NIAH samples whose final prediction is the needle's value (greedy argmax)
+  niah_acc         fraction of NIAH samples whose final prediction is the needle's value (greedy argmax); at
+                   every checkpoint at the training length, at the other lengths on every checkpoint or only the
+                   final one (eval.niah_lengths_all_checkpoints)
   ruler_<task>     each RULER-style eval set of the data folder (data/evalsets.py), by length: per sample the
                    fraction of its answer tokens predicted under teacher forcing (argmax at answer_pos - 1),
                    averaged over samples; for single-token values this is RULER's string_match_all. At every
@@ -154,10 +156,13 @@ def evaluate_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame
         # column i of `losses` predicts the token at position i + 1, so the buckets are by position
         for high, value in bucket_means(losses, int(cfg.eval.pos_bucket_min), manifest["context"]).items():
             rows.append({**base, "metric": "loss_by_pos", "length": high, "value": value})
+        last = i == n_ckpt - 1
         for length, ds in niah.items():
+            if length != manifest["context"] and not (last or cfg.eval.get("niah_lengths_all_checkpoints", True)):
+                continue
             acc = niah_accuracy(model, ds, batch, device)
             rows.append({**base, "metric": "niah_acc", "length": length, "value": acc})
-        if cfg.eval.ruler_all_checkpoints or i == n_ckpt - 1:
+        if cfg.eval.ruler_all_checkpoints or last:
             for (task, length), ds in ruler.items():
                 rows.append({**base, "metric": f"ruler_{task}", "length": length,
                              "value": ruler_score(model, ds, batch, device)})
