@@ -53,7 +53,9 @@ def test_datasets_corpus_is_tokenized_and_packed(hf_data):
     _, out, m = hf_data
     assert m["source"] == "text" and m["tokenizer"]["kind"] == "bpe" and m["vocab_size"] == 400
     docs = m["documents"]["main"]
-    assert docs["read"] == 400 and docs["val_long"] + docs["val_short"] > 10
+    assert docs["read"] == sum(docs[k] for k in ("train_long", "train_short", "val_long", "val_short", "dropped_class",
+                                                 "dropped_full", "skipped_short_bytes"))  # every document accounted
+    assert 0 < docs["read"] <= 400 and docs["val_long"] + docs["val_short"] > 10
     tokens, dist = load_split(out, "train")
     assert tokens.shape == (40, CONTEXT) and not np.asarray(dist).any()
     tok = load_tokenizer(out / "tokenizer.json")
