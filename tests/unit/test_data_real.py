@@ -122,10 +122,10 @@ def test_local_files_and_a_custom_haystack(tmp_path):
         (tmp_path / f"c{i}.txt").write_text(d)
     (tmp_path / "essay.text").write_text("A haystack essay about lighthouses and tides. " * 50)
     cfg = cfg_for("files", **{"data.corpora.main.files": f"[{tmp_path}/*.jsonl,{tmp_path}/*.parquet,{tmp_path}/*.txt]",
-                              "eval.haystack_file": str(tmp_path / "essay.text"), "data.n_train_seqs": 10,
+                              "eval.haystack_file": str(tmp_path / "essay.text"), "data.n_train_seqs": 1000,
                               "data.corpora.main.groups": 4})
     m = prepare(cfg, tmp_path / "out")
-    assert m["source"] == "text" and m["documents"]["main"]["read"] == 90
+    assert m["source"] == "text" and m["documents"]["main"]["read"] == 90  # more wanted than there is: all read
     tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
     e = load_evalset(tmp_path / "out", "niah_single", CONTEXT)
     assert "lighthouses" in tok.decode(e.tokens[0, 1:e.query_pos[0]])

@@ -173,8 +173,8 @@ from hybridlab.data.prepare import prepare
 def main():
     m = prepare(load_config("smoke", overrides=sys.argv[2:]), sys.argv[1], workers=2)
     hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
-    print(json.dumps({"rss_mb": hwm / 1024, "workers_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                      "tokens": m["tokens"]["train"]}))
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"rss_mb": hwm / 1024, "workers_rss_mb": workers, "tokens": m["tokens"]["train"]}))
 
 if __name__ == "__main__":
     main()
