@@ -1,7 +1,7 @@
 """Command-line entry point: one subcommand per pipeline stage, each reading and writing files.
 
     hybridlab list {variants,scales}
-    hybridlab prepare-data --scale S --out DATA_DIR [hydra overrides...]
+    hybridlab prepare-data --scale S --out DATA_DIR [--workers N] [--tokenizer-only | --group CORPUS/G] [overrides...]
     hybridlab train        --scale S --variant V --seed N --data DATA_DIR --out RUN_DIR [overrides...]
     hybridlab train-group  --scale S --variant V --seeds N [N ...] --data DATA_DIR --outs DIR [DIR ...]
     hybridlab train-branch --scale S --variant V --seed N --data DATA_DIR --stable RUN_DIR --budget K --out DIR
@@ -52,9 +52,19 @@ def cmd_list(a) -> None:
 
 
 def cmd_prepare(a) -> None:
-    from hybridlab.data.prepare import prepare
+    from hybridlab.config import ConfigError
+    from hybridlab.data import prepare as data
 
-    m = prepare(_cfg(a), a.out)
+    cfg = _cfg(a)
+    if a.tokenizer_only or a.group:  # one step of real text, as the workflow's data jobs run it
+        if cfg.data.source == "synthetic":
+            raise ConfigError("data.source", "synthetic", "text (--tokenizer-only and --group prepare real text)")
+        data.prepare_tokenizer(cfg, a.out)
+        if a.group:
+            data.prepare_groups(cfg, a.out, a.workers, a.group)
+        print(f"data: {'groups ' + ', '.join(a.group) if a.group else 'tokenizer'} -> {a.out}")
+        return
+    m = data.prepare(cfg, a.out, a.workers)
     print(f"data: {m['tokens']} tokens, vocab {m['vocab_size']} -> {a.out}")
 
 
@@ -205,7 +215,7 @@ def cmd_describe(a) -> None:
         for v in plan["variants"]:
             cfg = load_config(a.scale, v, 0, a.overrides, size)
             vocab = CorpusSpec.from_config(cfg.data).vocab.size if cfg.data.source == "synthetic" else int(
-                cfg.data.vocab_size)
+                cfg.data.tokenizer.vocab_size)
             with torch.device("meta"):
                 model = build_model(cfg, vocab)
             layouts[v] = [f"{s.kind}:{s.role}:" + ",".join("full" if w is None else str(w) for w in s.windows)
@@ -292,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-data", help="generate and pack the corpus and eval sets")
     _run_args(p, run=False)
     p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes generating the synthetic corpus or tokenizing real text (the output does not "
+                        "depend on it)")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--tokenizer-only", action="store_true", help="real text: fetch or train the tokenizer only")
+    step.add_argument("--group", action="append", metavar="CORPUS/G",
+                      help="real text: prepare this group only (repeatable), e.g. long/00003")
     p.set_defaults(fn=cmd_prepare)
     for name, fn, help_ in (("train", cmd_train, "train one run"), *RUN_STAGES):
         p = sub.add_parser(name, help=help_)

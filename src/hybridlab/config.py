@@ -260,10 +260,9 @@ RULES: dict[str, Rule] = {
     "model.rope_theta": number(0, open_lo=True),
     "model.attn_backend": one_of("auto", "sdpa", "flex", "flash"),
     "model.mixer_backend": one_of("auto", "torch", "fla"),
-    "data.source": one_of("synthetic", "files", "hf"),
+    "data.source": one_of("synthetic", "text"),
     "data.n_train_seqs": integer(1),
     "data.n_val_seqs": integer(1),
-    "data.long_fraction": number(0, 1),
     "data.long_threshold": number(0, 1, open_lo=True),
     "train.steps": integer(1),
     "train.budget_k": optional(number(0, open_lo=True)),
@@ -315,8 +314,8 @@ RULES: dict[str, Rule] = {
     "variant.headwise": BOOL,
 }
 SYNTHETIC_RULES: dict[str, Rule] = {
+    "data.long_fraction": number(0, 1),
     "data.corpus_seed": integer(0),
-    "data.workers": optional(integer(1)),
     "data.n_words": integer(1),
     "data.branching": integer(1),
     "data.branch_probs": list_of(number(0, 1)),
@@ -331,15 +330,6 @@ SYNTHETIC_RULES: dict[str, Rule] = {
     "data.min_distance": integer(3),
     "data.distance_exponent": optional(number()),
     "data.short_doc_len": number(0, 1, open_lo=True),
-}
-REAL_DATA_RULES: dict[str, dict[str, Rule]] = {
-    "files": {"data.files": GLOBS},
-    "hf": {"data.hf.name": TEXT},
-}
-REAL_DATA_COMMON: dict[str, Rule] = {
-    "data.val_fraction": number(0, 1, open_lo=True, open_hi=True),
-    "data.tokenizer.path": optional(existing("file or folder")),
-    "data.longppl.reference": optional(existing("folder")),
 }
 
 
@@ -378,8 +368,11 @@ def _validate(cfg: DictConfig) -> None:
                d.branch_probs, f"data.branching={d.branching} probabilities that sum to 1")
         copy_len = d.get("copy_len")
         _check(copy_len is None or copy_len[0] <= copy_len[1], "data.copy_len", copy_len, "[min, max] with min <= max")
-    else:
-        _apply(cfg, {**REAL_DATA_RULES[source], **REAL_DATA_COMMON})
+    else:  # real text: the rules and cross-key checks live with the corpora (hybridlab.data.corpora)
+        from hybridlab.data import corpora
+
+        _apply(cfg, corpora.text_rules(cfg.data))
+        corpora.check(cfg.data)
 
     _apply(cfg, {"scale.variants": list_of(one_of(*variant_names()), unique=True),
                  "scale.seeds": list_of(integer(0), unique=True),

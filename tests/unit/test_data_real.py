@@ -1,5 +1,5 @@
-"""Real corpora: a `datasets` dataset and local files made in the test, a BPE trained on them, packing, and eval
-sets written with the trained tokenizer."""
+"""Real corpora: a `datasets` dataset and local files made in the test, a BPE trained on them, packing by
+document length, and eval sets written with the trained tokenizer."""
 
 import hashlib
 import json
@@ -10,7 +10,7 @@ import pytest
 from hybridlab.config import ConfigError, load_config
 from hybridlab.data.evalsets import TASKS, load_evalset
 from hybridlab.data.prepare import prepare
-from hybridlab.data.real import load_tokenizer, pack
+from hybridlab.data.real import load_tokenizer
 from hybridlab.data.shards import load_key_mask, load_split
 from hybridlab.data.synthetic import BOS, PAD
 
@@ -35,7 +35,7 @@ def corpus(n_docs: int = 400, seed: int = 0) -> list[str]:
 
 def cfg_for(source: str, **extra) -> object:
     over = [f"data={source}", f"scale.context={CONTEXT}", "data.n_train_seqs=40", "data.n_val_seqs=4",
-            "data.val_fraction=0.2", "data.tokenizer.vocab_size=400", *EVAL]
+            "data.corpora.main.val_fraction=0.2", "data.tokenizer.vocab_size=400", *EVAL]
     over += [f"{k}={v}" for k, v in extra.items()]
     return load_config("smoke", overrides=over)
 
@@ -45,14 +45,17 @@ def hf_data(tmp_path_factory):
     datasets = pytest.importorskip("datasets")
     root = tmp_path_factory.mktemp("hf")
     datasets.Dataset.from_dict({"text": corpus(), "id": list(range(400))}).save_to_disk(str(root / "ds"))
-    cfg = cfg_for("hf", **{"data.hf.name": str(root / "ds")})
+    cfg = cfg_for("hf", **{"data.corpora.main.hf.name": str(root / "ds")})
     return cfg, root / "out", prepare(cfg, root / "out")
 
 
 def test_datasets_corpus_is_tokenized_and_packed(hf_data):
     _, out, m = hf_data
-    assert m["source"] == "hf" and m["tokenizer"]["kind"] == "bpe" and m["vocab_size"] == 400
-    assert m["documents"]["train"] + m["documents"]["val"] == 400 and m["documents"]["val"] > 10
+    assert m["source"] == "text" and m["tokenizer"]["kind"] == "bpe" and m["vocab_size"] == 400
+    docs = m["documents"]["main"]
+    assert docs["read"] == sum(docs[k] for k in ("train_long", "train_short", "val_long", "val_short", "dropped_class",
+                                                 "dropped_full", "skipped_short_bytes"))  # every document accounted
+    assert 0 < docs["read"] <= 400 and docs["val_long"] + docs["val_short"] > 10
     tokens, dist = load_split(out, "train")
     assert tokens.shape == (40, CONTEXT) and not np.asarray(dist).any()
     tok = load_tokenizer(out / "tokenizer.json")
@@ -65,11 +68,14 @@ def test_datasets_corpus_is_tokenized_and_packed(hf_data):
 
 
 def test_long_and_short_sequences_are_mixed(hf_data):
-    _, out, _ = hf_data
+    _, out, m = hf_data
     tokens = np.asarray(load_split(out, "train")[0])
-    n_bos = (tokens == BOS).sum(axis=1)
-    long = n_bos <= 1  # a long-document row holds at most one document start
-    assert 0.3 < long.mean() < 0.7
+    classes = np.concatenate([[e["class"]] * (e["rows"][1] - e["rows"][0]) for e in m["splits"]["train"]])
+    assert (classes == "long").mean() == 0.5 and m["mix"]["train"]["long_share"] == 0.5  # the paper's 1:1, exactly
+    for row, cls in zip(tokens, classes, strict=True):  # whole documents inside a row have their class's length
+        bos = np.flatnonzero(row == BOS)
+        lengths = np.diff(bos) - 1
+        assert (lengths >= CONTEXT // 2).all() if cls == "long" else (lengths < CONTEXT // 2).all()
 
 
 def test_same_inputs_give_byte_identical_folders(hf_data, tmp_path):
@@ -115,10 +121,11 @@ def test_local_files_and_a_custom_haystack(tmp_path):
     for i, d in enumerate(docs[80:]):
         (tmp_path / f"c{i}.txt").write_text(d)
     (tmp_path / "essay.text").write_text("A haystack essay about lighthouses and tides. " * 50)
-    cfg = cfg_for("files", **{"data.files": f"[{tmp_path}/*.jsonl,{tmp_path}/*.parquet,{tmp_path}/*.txt]",
-                              "eval.haystack_file": str(tmp_path / "essay.text"), "data.n_train_seqs": 10})
+    cfg = cfg_for("files", **{"data.corpora.main.files": f"[{tmp_path}/*.jsonl,{tmp_path}/*.parquet,{tmp_path}/*.txt]",
+                              "eval.haystack_file": str(tmp_path / "essay.text"), "data.n_train_seqs": 1000,
+                              "data.corpora.main.groups": 4})
     m = prepare(cfg, tmp_path / "out")
-    assert m["source"] == "files" and m["documents"]["train"] + m["documents"]["val"] == 90
+    assert m["source"] == "text" and m["documents"]["main"]["read"] == 90  # more wanted than there is: all read
     tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
     e = load_evalset(tmp_path / "out", "niah_single", CONTEXT)
     assert "lighthouses" in tok.decode(e.tokens[0, 1:e.query_pos[0]])
@@ -127,20 +134,13 @@ def test_local_files_and_a_custom_haystack(tmp_path):
 
 
 def test_bad_config_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="data.files"):
-        prepare(cfg_for("files", **{"data.files": f"[{tmp_path}/none*.jsonl]"}), tmp_path / "o")
+    with pytest.raises(ConfigError, match="data.corpora.main.files"):
+        prepare(cfg_for("files", **{"data.corpora.main.files": f"[{tmp_path}/none*.jsonl]"}), tmp_path / "o")
     (tmp_path / "x.jsonl").write_text(json.dumps({"body": "hello"}) + "\n")
-    with pytest.raises(ConfigError, match="data.text_field"):
-        prepare(cfg_for("files", **{"data.files": f"[{tmp_path}/x.jsonl]"}), tmp_path / "o")
-
-
-def test_pack_draws_long_and_short_rows_one_to_one():
-    rng = np.random.default_rng(0)
-    docs = [np.full(300, 7)] * 20 + [np.full(10, 8)] * 400
-    rows = pack(docs, 100, BOS, 60, 50, 0.5, rng)
-    assert rows.shape == (60, 100)
-    long = (rows == 7).any(axis=1)
-    assert 20 <= long.sum() <= 40
+    with pytest.raises(ConfigError, match="data.corpora.main.text_field"):
+        prepare(cfg_for("files", **{"data.corpora.main.files": f"[{tmp_path}/x.jsonl]"}), tmp_path / "o")
+    with pytest.raises(ConfigError, match=r"data.corpora.\*.take \(train\)"):
+        cfg_for("files", **{"data.corpora.main.files": f"[{tmp_path}/x.jsonl]", "data.corpora.main.take.long": 0.7})
 
 
 def test_reference_model_key_tokens_are_stored_for_val(hf_data, tmp_path, monkeypatch):
@@ -161,11 +161,12 @@ def test_reference_model_key_tokens_are_stored_for_val(hf_data, tmp_path, monkey
                                           "data.longppl.logprob_floor=null"])
     m = prepare(cfg, tmp_path)
     mask = load_key_mask(tmp_path, "val")
-    assert mask.shape == (4, CONTEXT) and m["longppl"]["short_window"] == 32
+    assert mask.shape == (4, CONTEXT) and m["longppl"]["short_window"] == 32 and m["longppl"]["split"] == "val"
     assert 0 < m["key_tokens"]["val"] == mask.sum() and not mask[:, :33].any()
 
 
 def _overrides(cfg) -> dict:
-    return {"data": "hf", "data.hf.name": cfg.data.hf.name, "scale.context": CONTEXT, "data.n_train_seqs": 40,
-            "data.n_val_seqs": 4, "data.val_fraction": 0.2, "data.tokenizer.vocab_size": 400,
+    return {"data": "hf", "data.corpora.main.hf.name": cfg.data.corpora.main.hf.name, "scale.context": CONTEXT,
+            "data.n_train_seqs": 40, "data.n_val_seqs": 4, "data.corpora.main.val_fraction": 0.2,
+            "data.tokenizer.vocab_size": 400,
             **dict(x.split("=", 1) for x in EVAL)}

@@ -1,15 +1,77 @@
-# Stage 1: the synthetic corpus packed into verified shards, plus the NIAH eval sets.
+# Stage 1: the training corpus as verified token shards plus the eval sets, written to {RES}/data/.
+# Synthetic text (smoke, mini): one job. Real text (paper): the tokenizer, then one job per preparation group
+# (`data.corpora.*.groups`; a cluster runs them in parallel, a finished group is never redone), then the mix.
+from hybridlab.data.corpora import group_ids
+
+DATA = f"{RES}/data"
+DATA_GROUPS = group_ids(_CFG.data)
+# Tokenizer processes per group job (the shards do not depend on it). Measured here: ~0.3-0.4M tokens per
+# CPU-second per process, and the job's main process (reading, packing) handles ~3M tokens/s, so about 8
+# processes saturate one job; memory stays below ~0.3 GB per process whatever the corpus size (README).
+DATA_THREADS = 8
+
+
+if DATA_GROUPS:
+
+    rule prepare_tokenizer:
+        """Fetch (data.tokenizer.hub), copy (path) or train (a BPE on the train corpora) the tokenizer."""
+        output:
+            done=f"{DATA}/tokenizer.done.json",
+        params:
+            common=COMMON,
+        log:
+            f"{RES}/logs/prepare_tokenizer.log",
+        conda:
+            "../../envs/hybridlab.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        shell:
+            "hybridlab prepare-data --out {DATA} --tokenizer-only {params.common} > {log} 2>&1"
+
+    rule prepare_group:
+        """Tokenize one group of a corpus in {threads} processes and pack it into token shards (groups/CORPUS/G*)."""
+        input:
+            tokenizer=rules.prepare_tokenizer.output.done,
+        output:
+            record=f"{DATA}/groups/{{corpus}}/{{group}}.json",
+        params:
+            common=COMMON,
+        log:
+            f"{RES}/logs/prepare_group_{{corpus}}_{{group}}.log",
+        wildcard_constraints:
+            corpus="[^/]+",
+            group=r"\d{5}",
+        conda:
+            "../../envs/hybridlab.yaml"
+        threads: DATA_THREADS
+        resources:
+            mem_mb=lambda wc, threads: 1500 + 500 * threads,
+            runtime=120,  # minutes; a paper group (~250M tokens) tokenizes in ~2 min on 8 cores, the rest is download
+        shell:
+            "hybridlab prepare-data --out {DATA} --group {wildcards.corpus}/{wildcards.group} --workers {threads} "
+            "{params.common} > {log} 2>&1"
 
 
 rule prepare_data:
+    """The data folder's manifest: synthetic corpus and eval sets, or the mix of the prepared groups."""
+    input:
+        groups=[f"{DATA}/groups/{gid}.json" for gid in DATA_GROUPS],
     output:
-        manifest=f"{RES}/data/manifest.json",
+        manifest=f"{DATA}/manifest.json",
     params:
         common=COMMON,
     log:
         f"{RES}/logs/prepare_data.log",
     conda:
         "../../envs/hybridlab.yaml"
-    threads: 1
+    # The synthetic corpus is generated in {threads} processes (chunks are independent streams: the same data
+    # for any count); the real-text mix only concatenates the prepared groups.
+    threads: 1 if DATA_GROUPS else 16
+    resources:
+        mem_mb=8000 if DATA_GROUPS else 2000,
+        runtime=120 if DATA_GROUPS else 30,
     shell:
-        "OMP_NUM_THREADS={threads} hybridlab prepare-data --out $(dirname {output.manifest}) {params.common} > {log} 2>&1"
+        "OMP_NUM_THREADS=1 hybridlab prepare-data --out $(dirname {output.manifest}) --workers {threads} "
+        "{params.common} > {log} 2>&1"

@@ -1,10 +1,13 @@
 """The data stage: make the corpus (synthetic, or real text tokenized and packed), write verified shards, build the
 NIAH set, the RULER-style eval sets and the probing set, and write the manifest last.
 
-Dispatches on `cfg.data.source`: synthetic (default, offline), hf or files (real.py). Idempotent: a folder
-whose manifest has the same fingerprint (data and eval settings, context, input files, format version) is left
-as it is; otherwise its old files are replaced, the manifest going first so a half-rewritten folder is never
-taken as complete.
+Dispatches on `cfg.data.source`: synthetic (default, offline) or text (real corpora: corpora.py, real.py for
+the tokenizer, groups.py for the parallel, resumable preparation of each group, mix.py for the shares).
+Real text is prepared in three steps that the workflow runs as separate jobs and `prepare` runs in turn: the
+tokenizer, every group (finished groups are kept), then the mix, the eval sets and the manifest. Idempotent: a
+folder whose manifest has the same fingerprint (data and eval settings, context, tokenizer, groups, input
+files, format version) is left as it is; otherwise its old files are replaced, the manifest going first so a
+half-rewritten folder is never taken as complete.
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +26,13 @@ from tqdm import tqdm
 from hybridlab.data.evalsets import TASKS, SyntheticLanguage, TextLanguage, TooShort, make_evalset
 from hybridlab.data.niah import make_niah
 from hybridlab.data.shards import MANIFEST, save_array, token_dtype
-from hybridlab.data.synthetic import N_SPECIAL, SPLITS, CorpusSpec, SyntheticCorpus
+from hybridlab.data.synthetic import N_SPECIAL, CorpusSpec, SyntheticCorpus
 from hybridlab.io import read_json, sha256_file, write_json
 
 log = logging.getLogger("hybridlab")
 SEQS_PER_SHARD = 4096
 FORMAT = 2  # bump when generation or layout changes, so old folders are rebuilt
-SOURCES = ("synthetic", "hf", "files")
+SOURCES = ("synthetic", "text")
 
 
 def _error(key: str, value, allowed: str):
@@ -52,32 +54,18 @@ def eval_tasks(cfg: DictConfig) -> list[str]:
     return tasks
 
 
-def data_fingerprint(cfg: DictConfig) -> str:
+def data_fingerprint(cfg: DictConfig, parts: list[str] = ()) -> str:
+    """The fingerprint of a data folder: data and eval settings, context, format, the haystack file's content,
+    and for real text the fingerprints of the tokenizer and of every group (`parts`)."""
     e = cfg.eval
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "workers"}
-    relevant = {"format": FORMAT, "data": data,  # workers: how the data are made, not what they are
+    relevant = {"format": FORMAT, "data": OmegaConf.to_container(cfg.data, resolve=True),
                 "context": int(cfg.scale.context),
                 "eval": [eval_lengths(cfg), e.niah_samples, list(e.niah_depth_range), list(e.get("ruler_tasks", [])),
                          e.get("ruler_samples", 0), e.get("probe_samples", 0), e.get("eval_seed", 0)],
-                "inputs": [sha256_file(p) for p in _input_files(cfg)]}
+                "inputs": [sha256_file(e.haystack_file)] if e.get("haystack_file") else []}
+    if parts:
+        relevant["parts"] = list(parts)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _input_files(cfg: DictConfig) -> list[str]:
-    """Local files whose content defines the data (hashed into the fingerprint)."""
-    files = []
-    if cfg.eval.get("haystack_file"):
-        files.append(cfg.eval.haystack_file)
-    if cfg.data.source == "files":
-        from hybridlab.data.real import resolve_files
-
-        files += resolve_files(list(cfg.data.files))
-    tok_path = OmegaConf.select(cfg, "data.tokenizer.path")
-    if cfg.data.source != "synthetic" and tok_path:
-        from hybridlab.data.real import tokenizer_file
-
-        files.append(str(tokenizer_file(tok_path)))
-    return files
 
 
 def build_corpus(cfg: DictConfig) -> SyntheticCorpus:
@@ -130,17 +118,10 @@ def _write_split(out: Path, split: str, chunks: Iterable[tuple[np.ndarray, np.nd
     return writer.close()
 
 
-def _rows(tokens: np.ndarray, chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for s in range(0, len(tokens), chunk):
-        t = tokens[s:s + chunk]
-        yield t, np.zeros(t.shape, dtype=np.uint8)
-
-
-def _synthetic(cfg: DictConfig, out: Path) -> dict:
+def _synthetic(cfg: DictConfig, out: Path, workers: int) -> dict:
     corpus = build_corpus(cfg)
     context = int(cfg.scale.context)
     dtypes = {"tokens": token_dtype(corpus.vocab.size), "dist": np.dtype(np.uint16 if context < 2**16 else np.int32)}
-    workers = int(cfg.data.get("workers") or min(16, os.cpu_count() or 1))  # chunks are independent streams
     splits = {split: _write_split(out, split, corpus.sequences(split, int(n), context, workers), int(n) * context,
                                   dtypes)
               for split, n in (("train", cfg.data.n_train_seqs), ("val", cfg.data.n_val_seqs))}
@@ -152,57 +133,77 @@ def _synthetic(cfg: DictConfig, out: Path) -> dict:
             "tokenizer": {"kind": "synthetic", "hash": hashlib.sha256(spec.encode()).hexdigest()[:16]}}
 
 
-def _real(cfg: DictConfig, out: Path) -> dict:
-    from hybridlab.data import real
+def prepare_tokenizer(cfg: DictConfig, out: str | Path) -> str:
+    """Step 1 of real text: the tokenizer in `out` (reused when up to date); returns its fingerprint."""
+    from hybridlab.data.real import TOKENIZER_DONE, build_tokenizer
 
-    d, context = cfg.data, int(cfg.scale.context)
-    seed = int(d.seed)
-    train_docs, val_docs = real.split_documents(real.documents(d), float(d.val_fraction), seed)
-    if not train_docs or not val_docs:
-        raise _error("data.val_fraction", d.val_fraction,
-                     f"a fraction leaving documents on both sides (got {len(train_docs)} train, {len(val_docs)} val)")
-    tok = real.build_tokenizer(d, train_docs, out)
-    dtypes = {"tokens": token_dtype(tok.vocab_size), "dist": np.dtype(np.uint8)}
-    long_min = max(1, int(round(float(d.long_doc_min) * context)))
-    splits, val_tokens = {}, None
-    for split, docs, n in (("train", train_docs, d.n_train_seqs), ("val", val_docs, d.n_val_seqs)):
-        ids = real.tokenize(tok, docs, f"tokenize {split}")
-        rows = real.pack(ids, context, tok.bos, int(n), long_min, float(d.long_fraction),
-                         np.random.default_rng([seed, SPLITS[split]]))
-        if len(rows) == 0:
-            raise _error("data.n_" + split + "_seqs", n, f"a corpus with at least one {context}-token {split} sequence")
-        if len(rows) < int(n):
-            log.warning("%s: only %d of %d sequences (the corpus is too small)", split, len(rows), int(n))
-        splits[split] = _write_split(out, split, _rows(rows), rows.size, dtypes)
-        if split == "val":
-            val_tokens, val_ids = rows, ids
+    build_tokenizer(cfg.data, Path(out))
+    return read_json(Path(out) / TOKENIZER_DONE)["fingerprint"]
+
+
+def prepare_groups(cfg: DictConfig, out: str | Path, workers: int = 1, only: list[str] | None = None) -> list[dict]:
+    """Step 2 of real text: every group (`corpus/GGGGG`; or those in `only`), each kept if already finished."""
+    from hybridlab.data.corpora import group_ids
+    from hybridlab.data.groups import prepare_group, tokenizer_pool
+
+    ids = group_ids(cfg.data)
+    for gid in only or []:
+        if gid not in ids:
+            raise _error("--group", gid, f"one of the {len(ids)} groups, e.g. {ids[0]}")
+    records = []
+    pool = tokenizer_pool(cfg.data, Path(out), workers)
+    with pool or contextlib.nullcontext():
+        for gid in only or ids:
+            name, g = gid.rsplit("/", 1)
+            records.append(prepare_group(cfg.data, int(cfg.scale.context), name, int(g), out, pool))
+            log.info("group %s: %s", gid, {s["split"] + "_" + s["class"]: s["tokens"]["shape"][0]
+                                           for s in records[-1]["streams"]})
+    return records
+
+
+def _real(cfg: DictConfig, out: Path, records: list[dict]) -> dict:
+    """Step 3 of real text: the mix of the groups' rows, the eval haystack, LongPPL key masks."""
+    from hybridlab.data import mix, real
+    from hybridlab.data.real import TOKENIZER_DONE
+
+    d = cfg.data
+    tok = real.open_tokenizer(d, out)
+    tok_info = read_json(out / TOKENIZER_DONE)
+    splits, report = mix.select(d, records)
     haystack_file = cfg.eval.get("haystack_file")
-    stream = tok.encode(Path(haystack_file).read_text(encoding="utf-8")) if haystack_file else np.concatenate(val_ids)
-    result = {"splits": splits, "vocab_size": tok.vocab_size, "seed": seed,
-              "language": TextLanguage(tok, stream, seed),
-              "tokenizer": {"kind": "pretrained" if d.tokenizer.get("path") else "bpe", "hash": tok.hash,
-                            "file": real.TOKENIZER_FILE},
-              "documents": {"train": len(train_docs), "val": len(val_docs)}}
-    ref = OmegaConf.select(cfg, "data.longppl.reference")
-    if ref:
-        result["longppl"] = _longppl_keys(cfg, out, splits["val"], val_tokens)
+    if haystack_file:
+        stream = tok.encode(Path(haystack_file).read_text(encoding="utf-8"))
+    else:  # the held-out documents, without their separators
+        from hybridlab.data.shards import load_array
+
+        val = np.concatenate([np.asarray(load_array(out, e["tokens"])[slice(*e["rows"])]).ravel()
+                              for e in splits["val"]])
+        stream = val[val != tok.bos]
+    result = {"splits": splits, "vocab_size": int(tok_info["vocab_size"]), "seed": int(d.seed),
+              "language": TextLanguage(tok, stream, int(d.seed)),
+              "tokenizer": {"kind": tok_info["kind"], "hash": tok.hash, "file": real.TOKENIZER_FILE,
+                            "tokenizer_vocab": tok.vocab_size},
+              "documents": mix.document_counts(records), "mix": report,
+              "long_doc_min_tokens": max(1, int(round(float(d.long_doc_min) * int(cfg.scale.context))))}
+    if OmegaConf.select(cfg, "data.longppl.reference"):
+        split = "longppl" if "longppl" in splits else "val"
+        result["longppl"] = _longppl_keys(cfg, out, split, splits[split])
     return result
 
 
-def _longppl_keys(cfg: DictConfig, out: Path, val_entries: list[dict], val_tokens: np.ndarray) -> dict:
-    """Key-token masks of the val split from the reference model, one `key` array per val shard."""
+def _longppl_keys(cfg: DictConfig, out: Path, split: str, entries: list[dict]) -> dict:
+    """Key-token masks of a split from the reference model, one `key` array per shard entry."""
     from hybridlab.data.longppl import key_token_mask, load_reference
+    from hybridlab.data.shards import load_array
 
     lp = cfg.data.longppl
     scorer = load_reference(lp.reference, lp.get("device", "cpu"), lp.get("block"))
-    start = 0
-    for i, entry in enumerate(tqdm(val_entries, desc="longppl keys", leave=False)):
-        n = entry["tokens"]["shape"][0]
-        mask = key_token_mask(scorer, val_tokens[start:start + n], int(lp.short_window),
-                              float(lp.gain_threshold), lp.get("logprob_floor"))
-        entry["key"] = save_array(out / f"val_key_{i:03d}.npy", mask)
-        start += n
-    return {k: lp[k] for k in ("reference", "short_window", "gain_threshold", "logprob_floor") if k in lp}
+    for i, entry in enumerate(tqdm(entries, desc="longppl keys", leave=False)):
+        tokens = load_array(out, entry["tokens"])[slice(*entry.get("rows", [None]))]
+        mask = key_token_mask(scorer, tokens, int(lp.short_window), float(lp.gain_threshold), lp.get("logprob_floor"))
+        entry["key"] = save_array(out / f"{split}_key_{i:03d}.npy", mask)
+    return {"split": split, **{k: lp[k] for k in ("reference", "short_window", "gain_threshold", "logprob_floor")
+                               if k in lp}}
 
 
 def _eval_sets(cfg: DictConfig, out: Path, lang, dtype: np.dtype) -> tuple[dict, dict, list[str]]:
@@ -253,12 +254,22 @@ def _listed_files(manifest: dict) -> set[str]:
     return found
 
 
-def prepare(cfg: DictConfig, out: str | Path) -> dict:
+def prepare(cfg: DictConfig, out: str | Path, workers: int = 1) -> dict:
+    """The whole data stage into `out` (the synthetic corpus generated in `workers` processes; for real text:
+    the tokenizer, each group not yet finished, with `workers` tokenizer processes, then the mix); returns the
+    manifest. The data never depend on `workers`."""
     out = Path(out)
     source = cfg.data.source
     if source not in SOURCES:
         raise _error("data.source", source, ", ".join(SOURCES))
-    fingerprint = data_fingerprint(cfg)
+    records: list[dict] = []
+    parts: list[str] = []
+    if source == "text":
+        out.mkdir(parents=True, exist_ok=True)
+        parts.append(prepare_tokenizer(cfg, out))
+        records = prepare_groups(cfg, out, workers)
+        parts += [r["fingerprint"] for r in records]
+    fingerprint = data_fingerprint(cfg, parts)
     old = read_json(out / MANIFEST) if (out / MANIFEST).exists() else None
     if old is not None and old.get("fingerprint") == fingerprint:
         log.info("data in %s is up to date (fingerprint %s)", out, fingerprint)
@@ -266,7 +277,7 @@ def prepare(cfg: DictConfig, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if old is not None:
         (out / MANIFEST).unlink()
-    built = _synthetic(cfg, out) if source == "synthetic" else _real(cfg, out)
+    built = _synthetic(cfg, out, workers) if source == "synthetic" else _real(cfg, out, records)
     context = int(cfg.scale.context)
     lang = built.pop("language")
     dtype = token_dtype(built["vocab_size"])
@@ -275,29 +286,49 @@ def prepare(cfg: DictConfig, out: str | Path) -> dict:
     splits = built.pop("splits")
     manifest = {
         "format": FORMAT, "source": source, "fingerprint": fingerprint, "context": context,
-        "sequences": {s: sum(e["tokens"]["shape"][0] for e in v) for s, v in splits.items()},
-        "tokens": {s: sum(e["tokens"]["shape"][0] * context for e in v) for s, v in splits.items()},
+        "sequences": {s: sum(_n_rows(e) for e in v) for s, v in splits.items()},
+        "tokens": {s: sum(_n_rows(e) * context for e in v) for s, v in splits.items()},
         "key_tokens": _key_counts(out, splits, long_threshold),
         "long_threshold": long_threshold, "splits": splits, "niah": niah, "evalsets": evalsets,
         "evalsets_skipped": skipped, **built,
     }
     write_json(out / MANIFEST, manifest)
-    if old is not None:
+    if old is not None:  # group files belong to their group records, which keep them while up to date
         for name in _listed_files(old) - _listed_files(manifest):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
+            if not name.startswith("groups/"):
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
+    if source == "text":
+        _remove_stale_groups(out, records)
     return manifest
 
 
+def _remove_stale_groups(out: Path, records: list[dict]) -> None:
+    """Files under `groups/` that no current group record lists (groups of an earlier config)."""
+    from hybridlab.data.groups import record_path
+
+    keep = {(out / s["tokens"]["file"]).resolve() for r in records for s in r["streams"]}
+    keep |= {record_path(out, r["corpus"], r["group"]).resolve() for r in records}
+    for p in (out / "groups").rglob("*"):
+        if p.is_file() and p.resolve() not in keep and not p.name.startswith("."):
+            p.unlink()
+
+
+def _n_rows(entry: dict) -> int:
+    lo, hi = entry.get("rows", [0, entry["tokens"]["shape"][0]])
+    return hi - lo
+
+
 def _key_counts(out: Path, splits: dict, long_threshold: int) -> dict[str, int]:
-    """Per split, how many tokens are LongPPL key tokens (dist >= long_threshold, or the reference's mask)."""
+    """Per split, how many tokens are LongPPL key tokens (dist >= long_threshold, or the reference's mask; none
+    for real text without a mask)."""
     counts = {}
     for split, entries in splits.items():
         n = 0
         for e in entries:
             if "key" in e:
                 n += int(np.load(out / e["key"]["file"], mmap_mode="r").sum())
-            else:
+            elif "dist" in e:
                 n += int((np.load(out / e["dist"]["file"], mmap_mode="r") >= max(1, long_threshold)).sum())
         counts[split] = n
     return counts
