@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,9 @@ class TrainData(pl.LightningDataModule):
 class RunRecorder(pl.Callback):
     """Trajectory checkpoints (weights only, named by tokens seen), `last.ckpt` for resume, metrics rows.
 
-    Its state (the metrics rows) travels inside `last.ckpt`, so a resumed run's table is complete."""
+    Its state (the metrics rows) travels inside `last.ckpt`, so a resumed run's table is complete. A trajectory
+    checkpoint's weights are copied off the GPU at its step and written (digest, atomic rename) by a background
+    thread, so training does not wait for the disk; every write has finished, or raised, when training ends."""
 
     def __init__(self, run_dir: Path, ckpt_steps: list[int], tokens_per_step: int, flops_per_step: float,
                  peak_flops: float | None, log_every: int, last_every: int, fork_steps: list[int] = ()):
@@ -171,6 +174,8 @@ class RunRecorder(pl.Callback):
         self.rows: list[dict] = []
         self._t0 = time.perf_counter()
         self._last_step_logged = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-writer")
+        self._writes: list[Future] = []
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -194,11 +199,26 @@ class RunRecorder(pl.Callback):
         else:
             pl_module.micro_losses.clear()
         if trainer.is_global_zero and step in self.ckpt_steps:
-            save_weights(pl_module.model, self.run_dir / "ckpt", step, step * self.tokens_per_step)
+            state = weights_on_cpu(pl_module.model)
+            self._writes.append(self._writer.submit(write_weights, state, self.run_dir / "ckpt", step,
+                                                    step * self.tokens_per_step))
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
             save_state(trainer, fork_path(self.run_dir, step))
         if step % self.last_every == 0 or step == trainer.max_steps:
             save_state(trainer, self.run_dir / "last.ckpt")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.flush()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.flush(raise_errors=False)
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait for every checkpoint write; re-raise the first that failed."""
+        writes, self._writes = self._writes, []
+        errors = [e for e in (f.exception() for f in writes) if e is not None]
+        if errors and raise_errors:
+            raise errors[0]
 
     def _log_row(self, trainer, pl_module, step: int) -> None:
         pl_module.check_finite()
@@ -220,10 +240,18 @@ def ckpt_name(tokens: int) -> str:
     return f"tokens_{tokens:012d}.pt"
 
 
+def weights_on_cpu(model: HybridLM) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU (the training step may change the originals right after)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
     """A trajectory checkpoint: plain tensors only, loadable with torch.load(weights_only=True)."""
+    return write_weights(weights_on_cpu(model), folder, step, tokens)
+
+
+def write_weights(state: dict[str, torch.Tensor], folder: Path, step: int, tokens: int) -> Path:
     path = folder / ckpt_name(tokens)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"model": state, "step": step, "tokens": tokens, DIGEST_KEY: tensor_digest({"model": state})}, tmp)
     return path

@@ -107,13 +107,35 @@ class SharedModel:
         self.model: HybridLM | None = None
         self.step_model = None
 
-    def take(self, fresh: HybridLM, compile_: bool) -> tuple[HybridLM, object]:
+    def take(self, fresh: HybridLM, compile_: bool, warm: tuple[torch.device, int, int] | None = None
+             ) -> tuple[HybridLM, object]:
+        """(model, step_model) holding `fresh`'s weights. On first use with `compile_` and `warm` (device, micro
+        batch, sequence length) the compiled forward and backward are built here, before training starts, so
+        that no step's time includes compilation; if compiling fails, training runs eagerly, with a warning."""
         if self.model is None:
             self.model = fresh
             self.step_model = torch.compile(fresh) if compile_ else fresh
+            if compile_ and warm is not None:
+                self._warm(*warm)
         else:
             self.model.load_state_dict(fresh.state_dict())
         return self.model, self.step_model
+
+    def _warm(self, device: torch.device, batch: int, length: int) -> None:
+        started = time.perf_counter()
+        self.model.to(device).train()
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randint(0, self.model.shape.vocab_size, (batch, length), device=device, generator=gen)
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = self.step_model(x)
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten()).backward()
+        except Exception as e:  # a compiler failure must not cost the run: the eager model computes the same
+            log.warning("torch.compile failed (%s: %s); training eagerly", type(e).__name__, str(e).splitlines()[0])
+            self.step_model = self.model
+        finally:
+            self.model.zero_grad(set_to_none=True)
+        log.info("compiled forward and backward in %.0f s", time.perf_counter() - started)
 
 
 def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: SharedModel | None = None) -> dict:
@@ -140,7 +162,8 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
     on_gpu = torch.cuda.is_available() and cfg.scale.accelerator != "cpu"
     if on_gpu:  # float32 matmuls (the recurrent mixers' chunked math) on TF32 tensor cores
         torch.set_float32_matmul_precision("high")
-    model, step_model = (shared or SharedModel()).take(model, bool(t.compile))
+    warm = (torch.device("cuda"), int(t.micro_batch_size), int(cfg.scale.context) - 1) if on_gpu else None
+    model, step_model = (shared or SharedModel()).take(model, bool(t.compile), warm)
     devices, nodes = int(t.devices), int(t.num_nodes)  # DDP over devices x nodes (gloo on CPU, NCCL on GPU)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
