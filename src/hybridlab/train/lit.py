@@ -96,7 +96,7 @@ class LitLM(pl.LightningModule):
     def __init__(self, model: HybridLM, cfg, step_model=None):
         super().__init__()
         self.model, self.cfg = model, cfg
-        self._step_model = (step_model or model,)  # a tuple: not registered as a second submodule
+        self._step_model = (model if step_model is None else step_model,)  # a tuple: not a second submodule
         self.micro_losses: list[torch.Tensor] = []  # this rank's micro-batch losses since the last optimizer step
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss, -1 while all are finite
 
@@ -138,9 +138,9 @@ class LitLM(pl.LightningModule):
         else:
             from hybridlab.train.muon import adamw_groups
 
-            fused = next(self.model.parameters()).is_cuda  # one kernel for the whole update
+            # foreach, not fused: Lightning refuses gradient clipping with a fused optimizer
             opt = torch.optim.AdamW(adamw_groups(self.model, float(t.weight_decay)), lr=t.lr,
-                                    betas=tuple(t.betas), fused=fused)
+                                    betas=tuple(t.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, self.cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

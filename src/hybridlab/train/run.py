@@ -101,11 +101,34 @@ def branch_plan(cfg: DictConfig, n_params: int) -> list[Branch]:
 
 class SharedModel:
     """One model object reused by the runs of `train_group`: built and compiled (train.compile) once; each run
-    loads its own seed's initialisation into it, so it trains exactly what a fresh model of that seed would."""
+    loads its own seed's initialisation into it, so it trains exactly what a fresh model of that seed would.
 
-    def __init__(self) -> None:
+    `lock`: a file to hold (flock, exclusive) from the end of the compilation until `release`: on a card shared by
+    several training jobs, each compiles on the CPU while another trains, but only one trains at a time (processes
+    time-slicing one GPU train slower together than one alone). "{gpu}" in the path becomes the job's card
+    (CUDA_VISIBLE_DEVICES), so the jobs of different cards do not wait for each other."""
+
+    def __init__(self, lock: str | Path | None = None) -> None:
         self.model: HybridLM | None = None
         self.step_model = None
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").replace(",", "_") or "none"
+        self.lock_path, self._lock = (None if lock is None else str(lock).replace("{gpu}", gpu)), None
+
+    def acquire(self) -> None:
+        if self.lock_path is None or self._lock is not None:
+            return
+        import fcntl
+
+        started = time.perf_counter()
+        Path(self.lock_path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.lock_path, "a")  # noqa: SIM115 - held until release()
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        log.info("training lock %s taken after %.0f s", self.lock_path, time.perf_counter() - started)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor drops the flock
+            self._lock = None
 
     def take(self, fresh: HybridLM, compile_: bool, warm: tuple[torch.device, int, int] | None = None
              ) -> tuple[HybridLM, object]:
@@ -117,6 +140,7 @@ class SharedModel:
             self.step_model = torch.compile(fresh) if compile_ else fresh
             if compile_ and warm is not None:
                 self._warm(*warm)
+            self.acquire()
         else:
             self.model.load_state_dict(fresh.state_dict())
         return self.model, self.step_model
@@ -213,16 +237,20 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
 def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path]) -> list[dict]:
     """Several runs (the seeds of one variant) one after another in this process on one model object, compiled
     once: the compile and the process start are paid once, and each run is still exactly its own (its seed's
-    initialisation and data order, its own folder, checkpoints and tables; tests/unit/test_train.py)."""
+    initialisation and data order, its own folder, checkpoints and tables; tests/unit/test_train.py). With
+    $HYBRIDLAB_TRAIN_LOCK set, the runs train while holding that lock (SharedModel)."""
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"train_group: {len(cfgs)} configs for {len(run_dirs)} run folders")
-    shared = SharedModel()
+    shared = SharedModel(os.environ.get("HYBRIDLAB_TRAIN_LOCK") or None)
     summaries = []
-    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        started = time.perf_counter()
-        summaries.append(train(cfg, data_dir, run_dir, shared))
-        log.info("run %d/%d (%s seed %d) done in %.0f s", i + 1, len(cfgs), cfg.variant.name, int(cfg.seed),
-                 time.perf_counter() - started)
+    try:
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+            started = time.perf_counter()
+            summaries.append(train(cfg, data_dir, run_dir, shared))
+            log.info("run %d/%d (%s seed %d) done in %.0f s", i + 1, len(cfgs), cfg.variant.name, int(cfg.seed),
+                     time.perf_counter() - started)
+    finally:
+        shared.release()
     return summaries
 
 
