@@ -99,6 +99,14 @@ def branch_plan(cfg: DictConfig, n_params: int) -> list[Branch]:
     return wsd_branch_plan(reached, per_step, float(t.decay_frac), int(t.warmup_steps)) if reached else []
 
 
+def warm_batch(vocab: int, batch: int, length: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    """Random tokens shaped and strided like a training step's input: `LitLM.training_step` feeds the model
+    `batch[:, :-1]` of a [B, L + 1] batch, a view with row stride L + 1. Compiling on another stride (a contiguous
+    [B, L]) made Dynamo compile again at the first training step (measured on the H200: every train-group's first
+    run took 20-175 s longer than the others)."""
+    return torch.randint(0, vocab, (batch, length + 1), device=device, generator=gen)[:, :-1]
+
+
 class SharedModel:
     """One model object reused by the runs of `train_group`: built and compiled (train.compile) once; each run
     loads its own seed's initialisation into it, so it trains exactly what a fresh model of that seed would.
@@ -149,7 +157,7 @@ class SharedModel:
         started = time.perf_counter()
         self.model.to(device).train()
         gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.randint(0, self.model.shape.vocab_size, (batch, length), device=device, generator=gen)
+        x = warm_batch(self.model.shape.vocab_size, batch, length, device, gen)
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = self.step_model(x)
