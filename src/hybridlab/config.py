@@ -290,7 +290,6 @@ RULES: dict[str, Rule] = {
     "eval.ruler_samples": optional(integer(0)),
     "eval.probe_samples": optional(integer(0)),
     "eval.eval_seed": optional(integer(0)),
-    "eval.haystack_file": optional(existing("file")),
     "eval.pos_bucket_min": optional(integer(1)),
     "eval.top_heads": optional(integer(1)),
     "variant.first_full": integer(0),
@@ -354,6 +353,10 @@ def _validate(cfg: DictConfig) -> None:
     from hybridlab.data.synthetic import DISTANCE_LAWS  # numpy only; the corpus's own list of laws
 
     _apply(cfg, RULES)
+    if cfg.eval.get("haystack_file") is not None:
+        from hybridlab.data.evalsets import haystack_text  # numpy only: reads and checks the user's file
+
+        haystack_text(cfg.eval.haystack_file)
     source = cfg.data.source
     if source == "synthetic":
         _apply(cfg, {**SYNTHETIC_RULES, "data.distance_dist": one_of(*DISTANCE_LAWS)})

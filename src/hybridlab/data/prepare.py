@@ -20,7 +20,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from hybridlab.data.evalsets import TASKS, SyntheticLanguage, TextLanguage, TooShort, make_evalset
+from hybridlab.data.evalsets import (
+    TASKS,
+    SyntheticLanguage,
+    TextLanguage,
+    TooShort,
+    haystack_path,
+    haystack_text,
+    make_evalset,
+)
 from hybridlab.data.niah import make_niah
 from hybridlab.data.shards import MANIFEST, save_array, token_dtype
 from hybridlab.data.synthetic import N_SPECIAL, SPLITS, CorpusSpec, SyntheticCorpus
@@ -28,7 +36,7 @@ from hybridlab.io import read_json, sha256_file, write_json
 
 log = logging.getLogger("hybridlab")
 SEQS_PER_SHARD = 4096
-FORMAT = 2  # bump when generation or layout changes, so old folders are rebuilt
+FORMAT = 3  # bump when generation or layout changes, so old folders are rebuilt (3: needles between sentences)
 SOURCES = ("synthetic", "hf", "files")
 
 
@@ -65,7 +73,7 @@ def _input_files(cfg: DictConfig) -> list[str]:
     """Local files whose content defines the data (hashed into the fingerprint)."""
     files = []
     if cfg.eval.get("haystack_file"):
-        files.append(cfg.eval.haystack_file)
+        files.append(str(haystack_path(cfg.eval.haystack_file)))
     if cfg.data.source == "files":
         from hybridlab.data.real import resolve_files
 
@@ -173,7 +181,7 @@ def _real(cfg: DictConfig, out: Path) -> dict:
         if split == "val":
             val_tokens, val_ids = rows, ids
     haystack_file = cfg.eval.get("haystack_file")
-    stream = tok.encode(Path(haystack_file).read_text(encoding="utf-8")) if haystack_file else np.concatenate(val_ids)
+    stream = tok.encode(haystack_text(haystack_file)) if haystack_file else np.concatenate(val_ids)
     result = {"splits": splits, "vocab_size": tok.vocab_size, "seed": seed,
               "language": TextLanguage(tok, stream, seed),
               "tokenizer": {"kind": "pretrained" if d.tokenizer.get("path") else "bpe", "hash": tok.hash,
@@ -275,7 +283,7 @@ def prepare(cfg: DictConfig, out: str | Path) -> dict:
         "tokens": {s: sum(e["tokens"]["shape"][0] * context for e in v) for s, v in splits.items()},
         "key_tokens": _key_counts(out, splits, long_threshold),
         "long_threshold": long_threshold, "splits": splits, "niah": niah, "evalsets": evalsets,
-        "evalsets_skipped": skipped, **built,
+        "evalsets_skipped": skipped, **_haystack_entry(cfg), **built,
     }
     write_json(out / MANIFEST, manifest)
     if old is not None:
@@ -283,6 +291,15 @@ def prepare(cfg: DictConfig, out: str | Path) -> dict:
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
     return manifest
+
+
+def _haystack_entry(cfg: DictConfig) -> dict:
+    """The user's haystack file, as the manifest records it (its expanded path and sha256), if there is one."""
+    value = cfg.eval.get("haystack_file")
+    if not value:
+        return {}
+    path = haystack_path(value)
+    return {"haystack_file": {"path": str(path), "sha256": sha256_file(path)}}
 
 
 def _key_counts(out: Path, splits: dict, long_threshold: int) -> dict[str, int]:
