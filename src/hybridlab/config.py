@@ -292,6 +292,7 @@ RULES: dict[str, Rule] = {
     "eval.eval_seed": optional(integer(0)),
     "eval.pos_bucket_min": optional(integer(1)),
     "eval.top_heads": optional(integer(1)),
+    "eval.gen_extra_tokens": optional(integer(0)),
     "variant.first_full": integer(0),
     "variant.sinks": integer(0),
     "variant.full_rope": BOOL,
