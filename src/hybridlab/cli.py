@@ -10,9 +10,13 @@
                            [--trajectory trajectory.csv] [--onset onset.csv] [--masking masking.csv]
     hybridlab probe        --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out probe.csv
     hybridlab gradinf      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out gradinf.csv
+    hybridlab export-hf    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out HF_DIR [--checkpoint P]
     hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
     hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--metric M] [--forms F,F] [--alpha-bounds L,H]
     hybridlab figures      --scale S --tables TABLE_DIR --out PAPER_DIR [--claims CLAIMS.yaml]
+
+The per-run stages also take Hugging Face models as --run: a folder with a config.json (one checkpoint) or a
+folder of such folders (a trajectory); see evals/checkpoints.py.
 
 User errors (a bad config value, a missing or corrupt file) print one line naming the problem and exit 2.
 Heavy imports (torch) happen inside the subcommands, so `figures` never loads torch.
@@ -112,6 +116,13 @@ def cmd_gradinf(a) -> None:
     from hybridlab.analysis.gradinf import gradinf_run
 
     _write(a, gradinf_run(_cfg(a), a.data, a.run))
+
+
+def cmd_export_hf(a) -> None:
+    from hybridlab.export.hf import export_checkpoint
+
+    out = export_checkpoint(_cfg(a), a.data, a.run, a.out, a.checkpoint)
+    print(f"exported {a.variant} seed {a.seed} -> {out} (AutoModelForCausalLM, trust_remote_code=True)")
 
 
 def cmd_scaling_fit(a) -> None:
@@ -273,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
             for kind in ANALYZE_EXTRA:
                 p.add_argument(f"--{kind}", help=f"also write the {kind} table here")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("export-hf", help="a run's checkpoint as a Hugging Face model folder (config, safetensors, "
+                       "model code, tokenizer)")
+    _run_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--checkpoint", help="a ckpt/tokens_*.pt of the run (default: its final one)")
+    p.set_defaults(fn=cmd_export_hf)
     p = sub.add_parser("train-branch", help="one WSD decay branch of the scaling grid, forked from a stable run")
     _run_args(p)
     p.add_argument("--data", required=True)
