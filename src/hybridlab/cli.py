@@ -10,6 +10,7 @@
                            [--trajectory trajectory.csv] [--onset onset.csv] [--masking masking.csv]
     hybridlab probe        --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out probe.csv
     hybridlab gradinf      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out gradinf.csv
+    hybridlab lm-eval      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out lmeval.csv
     hybridlab export-hf    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out HF_DIR [--checkpoint P]
     hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
     hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--metric M] [--forms F,F] [--alpha-bounds L,H]
@@ -29,7 +30,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hybridlab.analysis.schemas import TABLES, TRAIN_COLUMNS
+from hybridlab.analysis.schemas import OPTIONAL_TABLES, TABLES, TRAIN_COLUMNS
 
 
 def _run_args(p: argparse.ArgumentParser, run: bool = True) -> None:
@@ -118,6 +119,12 @@ def cmd_gradinf(a) -> None:
     _write(a, gradinf_run(_cfg(a), a.data, a.run))
 
 
+def cmd_lm_eval(a) -> None:
+    from hybridlab.evals.harness import lm_eval_run
+
+    _write(a, lm_eval_run(_cfg(a), a.data, a.run))
+
+
 def cmd_export_hf(a) -> None:
     from hybridlab.export.hf import export_checkpoint
 
@@ -158,9 +165,11 @@ RUN_STAGES = (
     ("analyze", cmd_analyze, "retrieval heads, trajectories, onset and head masking (heads.csv, ...)"),
     ("probe", cmd_probe, "layer-wise logistic-regression probes on the residual stream (probe.csv)"),
     ("gradinf", cmd_gradinf, "gradient influence G(d) by distance (gradinf.csv)"),
+    ("lm-eval", cmd_lm_eval, "lm-evaluation-harness tasks of eval.lm_eval.run (lmeval.csv)"),
 )
 TABLE_COLUMNS = {
     **TABLES,
+    **OPTIONAL_TABLES,
     "train": TRAIN_COLUMNS,
 }
 
