@@ -137,3 +137,19 @@ def test_an_exported_checkpoint_gives_the_tables_of_its_run(data, tmp_path):
     for kind in TABLES:
         a, b = pd.read_csv(native[kind]), pd.read_csv(exported[kind])
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, obj=kind)
+
+
+def test_cached_generation_of_a_wrapped_model_equals_its_plain_argmax_loop():
+    from hybridlab.evals.generation import greedy_continue
+    from hybridlab.evals.hf_model import HFCausalLM
+
+    model = HFCausalLM(llama(3)).eval()
+    hf = llama(3)  # the same weights with transformers' own attention, no cache
+    prompts = [torch.randint(512, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (9, 9, 14)]
+    got = greedy_continue(model, prompts, 6, batch=2, device=torch.device("cpu"))
+    for p, out in zip(prompts, got, strict=True):
+        seq = list(p)
+        with torch.no_grad():
+            for _ in range(6):
+                seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
+        assert out == seq[len(p):]

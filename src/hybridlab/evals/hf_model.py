@@ -161,6 +161,9 @@ class HFCausalLM(nn.Module):
         self.shape = _Shape(int(probe.logits.shape[-1]), n_layers, max(heads), max(s["head_dim"] for s in
                                                                                   seen.values()) if seen else 0)
         self.recurrent = any(not b.spec.is_attention for b in self.blocks)
+        if not seen:
+            log.warning("%s: no layer calls transformers' attention interface; the head analyses and the "
+                        "receptive-field constraint see no attention layer", type(hf).__name__)
 
     @staticmethod
     @contextlib.contextmanager
