@@ -39,15 +39,10 @@ from hybridlab.data.evalsets import EvalSet, load_evalset
 from hybridlab.data.niah import load_niah
 from hybridlab.data.shards import load_key_mask, load_split, read_manifest
 from hybridlab.evals.checkpoints import iter_checkpoints, list_checkpoints, pick_device
-from hybridlab.evals.generation import generated_scores
+from hybridlab.evals.generation import autocast, generated_scores
 from hybridlab.models import HybridLM, Receptive
 
 log = logging.getLogger("hybridlab")
-
-
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
 
 
 @torch.no_grad()

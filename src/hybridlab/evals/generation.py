@@ -21,7 +21,8 @@ import torch
 from hybridlab.models import HybridLM
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, none on CPU: how every evaluation and analysis runs a model."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
 
@@ -43,7 +44,7 @@ def greedy_continue(model: HybridLM, prompts: Sequence[Sequence[int]], n_new: in
             x = torch.tensor([list(prompts[i]) for i in idx], dtype=torch.long, device=device)
             cache = model.new_cache()
             done = torch.zeros(len(idx), dtype=torch.bool)
-            with _autocast(device):
+            with autocast(device):
                 logits = model(x, cache=cache)
             for step in range(n_new):
                 nxt = logits[:, -1].argmax(-1)
@@ -53,7 +54,7 @@ def greedy_continue(model: HybridLM, prompts: Sequence[Sequence[int]], n_new: in
                         done[j] = stop is not None and stop(out[i])
                 if bool(done.all()) or step == n_new - 1:
                     break
-                with _autocast(device):
+                with autocast(device):
                     logits = model(nxt[:, None], cache=cache, pos_offset=length + step)
     return out
 

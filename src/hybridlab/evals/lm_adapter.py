@@ -28,7 +28,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from hybridlab.evals.generation import _autocast, greedy_continue
+from hybridlab.evals.generation import autocast, greedy_continue
 
 log = logging.getLogger("hybridlab")
 
@@ -99,7 +99,7 @@ class HybridLabLM(TemplateLM):
             x = torch.zeros(len(idx), width, dtype=torch.long)
             for j, i in enumerate(idx):
                 x[j, :len(inputs[i][0])] = torch.tensor(inputs[i][0])
-            with _autocast(self._device):
+            with autocast(self._device):
                 logits = self.model(x.to(self._device)).float()
             for j, i in enumerate(idx):
                 tokens, n = inputs[i]
@@ -128,7 +128,7 @@ class HybridLabLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         groups: dict[tuple, list[int]] = {}  # requests with the same stop strings and budget decode together
-        settings = []
+        prompts = []
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             kwargs = dict(gen_kwargs or {})
@@ -138,7 +138,7 @@ class HybridLabLM(TemplateLM):
             until = kwargs.get("until") or []
             until = (until,) if isinstance(until, str) else tuple(until)
             n_new = int(kwargs.get("max_gen_toks") or self.max_gen_toks)
-            settings.append(self.tok_encode(context)[-max(1, self.max_length - n_new):])
+            prompts.append(self.tok_encode(context)[-max(1, self.max_length - n_new):])
             groups.setdefault((until, n_new), []).append(i)
         out: list[str] = [""] * len(requests)
         with tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until") as bar:
@@ -148,7 +148,7 @@ class HybridLabLM(TemplateLM):
                 def stop(tokens: list[int], until=until, tail=tail) -> bool:
                     return tokens[-1] == self.eot_token_id or any(u in self.tok_decode(tokens[-tail:]) for u in until)
 
-                generated = greedy_continue(self.model, [settings[i] for i in idx], n_new, self.batch_size,
+                generated = greedy_continue(self.model, [prompts[i] for i in idx], n_new, self.batch_size,
                                             self._device, stop=stop)
                 for i, tokens in zip(idx, generated, strict=True):
                     if tokens and tokens[-1] == self.eot_token_id:
