@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import math
 import re
@@ -213,8 +214,6 @@ def hf_model_dirs(run_dir: str | Path) -> list[Path] | None:
 def checkpoint_info(path: Path, index: int) -> dict[str, int]:
     """step and tokens of an HF checkpoint: from an exported folder's config, else the last number in the
     folder's name as both (e.g. tokens_100000000, checkpoint-2000), else its index in the run."""
-    import json
-
     config = json.loads((Path(path) / "config.json").read_text())
     ckpt = config.get("checkpoint") or {}
     if "tokens" in ckpt:
@@ -231,7 +230,9 @@ def load_hf(path: str | Path, device: torch.device, vocab_size: int | None = Non
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise ImportError("Hugging Face models need `transformers`: pip install 'hybridlab[hf]'") from None
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    exported = json.loads((Path(path) / "config.json").read_text()).get("model_type") == "hybridlab"
+    # an export keeps fp32 weights, as the project's checkpoints (autocast does the rest); others load in bf16 on GPU
+    dtype = torch.bfloat16 if device.type == "cuda" and not exported else torch.float32
     hf = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, trust_remote_code=True, dtype=dtype)
     hf = hf.to(device).eval()
     inner = getattr(hf, "model", None)
