@@ -167,11 +167,12 @@ RUN_STAGES = (
     ("gradinf", cmd_gradinf, "gradient influence G(d) by distance (gradinf.csv)"),
     ("lm-eval", cmd_lm_eval, "lm-evaluation-harness tasks of eval.lm_eval.run (lmeval.csv)"),
 )
+# Every table a DAG always makes, and those it makes when configured (lmeval); `aggregate` takes both.
 TABLE_COLUMNS = {
     **TABLES,
-    **OPTIONAL_TABLES,
     "train": TRAIN_COLUMNS,
 }
+AGGREGATE_COLUMNS = {**TABLE_COLUMNS, **OPTIONAL_TABLES}
 
 
 def cmd_aggregate(a) -> None:
@@ -181,7 +182,7 @@ def cmd_aggregate(a) -> None:
 
     frames = []
     for path in a.inputs:
-        df = read_table(path, TABLE_COLUMNS[a.kind])
+        df = read_table(path, AGGREGATE_COLUMNS[a.kind])
         run = Path(path).parent  # per-run tables live in runs/<size>/<variant>/seed<N>/[budget<k>/]
         if run.name.startswith("budget"):
             df.insert(0, "budget_k", float(run.name.removeprefix("budget")))
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-values", action="store_true", help="values are LongPPL: fit their log")
     p.set_defaults(fn=cmd_scaling_fit)
     p = sub.add_parser("aggregate", help="concatenate per-run tables")
-    p.add_argument("--kind", choices=sorted(TABLE_COLUMNS), required=True)
+    p.add_argument("--kind", choices=sorted(AGGREGATE_COLUMNS), required=True)
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="+")
     p.set_defaults(fn=cmd_aggregate)
