@@ -12,9 +12,14 @@
                            [--masking masking.csv]
     hybridlab probe        --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out probe.csv
     hybridlab gradinf      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out gradinf.csv
+    hybridlab lm-eval      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out lmeval.csv
+    hybridlab export-hf    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out HF_DIR [--checkpoint P]
     hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
     hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--metric M] [--forms F,F] [--alpha-bounds L,H]
     hybridlab figures      --scale S --tables TABLE_DIR --out PAPER_DIR [--claims CLAIMS.yaml]
+
+The per-run stages also take Hugging Face models as --run: a folder with a config.json (one checkpoint) or a
+folder of such folders (a trajectory); see evals/checkpoints.py.
 
 User errors (a bad config value, a missing or corrupt file) print one line naming the problem and exit 2.
 Heavy imports (torch) happen inside the subcommands, so `figures` never loads torch.
@@ -27,7 +32,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hybridlab.analysis.schemas import TABLES, TRAIN_COLUMNS
+from hybridlab.analysis.schemas import OPTIONAL_TABLES, TABLES, TRAIN_COLUMNS
 
 
 def _run_args(p: argparse.ArgumentParser, run: bool = True) -> None:
@@ -138,6 +143,19 @@ def cmd_gradinf(a) -> None:
     _write(a, gradinf_run(_cfg(a), a.data, a.run))
 
 
+def cmd_lm_eval(a) -> None:
+    from hybridlab.evals.harness import lm_eval_run
+
+    _write(a, lm_eval_run(_cfg(a), a.data, a.run))
+
+
+def cmd_export_hf(a) -> None:
+    from hybridlab.export.hf import export_checkpoint
+
+    out = export_checkpoint(_cfg(a), a.data, a.run, a.out, a.checkpoint)
+    print(f"exported {a.variant} seed {a.seed} -> {out} (AutoModelForCausalLM, trust_remote_code=True)")
+
+
 def cmd_scaling_fit(a) -> None:
     import pandas as pd
 
@@ -171,11 +189,14 @@ RUN_STAGES = (
     ("analyze", cmd_analyze, "retrieval heads, trajectories, onset and head masking (heads.csv, ...)"),
     ("probe", cmd_probe, "layer-wise logistic-regression probes on the residual stream (probe.csv)"),
     ("gradinf", cmd_gradinf, "gradient influence G(d) by distance (gradinf.csv)"),
+    ("lm-eval", cmd_lm_eval, "lm-evaluation-harness tasks of eval.lm_eval.run (lmeval.csv)"),
 )
+# Every table a DAG always makes, and those it makes when configured (lmeval); `aggregate` takes both.
 TABLE_COLUMNS = {
     **TABLES,
     "train": TRAIN_COLUMNS,
 }
+AGGREGATE_COLUMNS = {**TABLE_COLUMNS, **OPTIONAL_TABLES}
 
 
 def cmd_aggregate(a) -> None:
@@ -185,7 +206,7 @@ def cmd_aggregate(a) -> None:
 
     frames = []
     for path in a.inputs:
-        df = read_table(path, TABLE_COLUMNS[a.kind])
+        df = read_table(path, AGGREGATE_COLUMNS[a.kind])
         run = Path(path).parent  # per-run tables live in runs/<size>/<variant>/seed<N>/[budget<k>/]
         if run.name.startswith("budget"):
             df.insert(0, "budget_k", float(run.name.removeprefix("budget")))
@@ -227,12 +248,13 @@ def cmd_describe(a) -> None:
             steps = int(t.steps) + sum(b.decay_steps for b in branch_plan(cfg, n) if b.end_step < int(t.steps))
             flops = 3 * model.flops_per_sequence(int(cfg.scale.context)) * int(t.batch_size) * steps
             mfu, peak = plan.get("assumed_mfu", 0.35), plan.get("peak_tflops", 989) * 1e12
+            n_seeds = int((plan.get("seed_counts") or {}).get(v, len(plan["seeds"])))  # scale.seed_counts
             runs.append({"size": size, "variant": v, "non_embedding_params": n, "steps": int(t.steps),
-                         "tokens": int(t.steps) * int(t.batch_size) * int(cfg.scale.context),
-                         "train_flops": flops, "gpu_hours": flops / (mfu * peak) / 3600 * len(plan["seeds"])})
+                         "tokens": int(t.steps) * int(t.batch_size) * int(cfg.scale.context), "seeds": n_seeds,
+                         "train_flops": flops, "gpu_hours": flops / (mfu * peak) / 3600 * n_seeds})
     write_json(a.out, {**plan, "layouts": layouts, "runs": runs})
     total = sum(r["gpu_hours"] for r in runs)
-    print(f"scale {a.scale}: {len(runs) * len(plan['seeds'])} training runs, about {total:,.1f} GPU-hours "
+    print(f"scale {a.scale}: {sum(r['seeds'] for r in runs)} training runs, about {total:,.2f} GPU-hours "
           f"at {plan.get('assumed_mfu', 0.35):.0%} MFU -> {a.out}")
 
 
@@ -331,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--outs", nargs="+", required=True, help="run folders, one per seed, in the order of --seeds")
     p.set_defaults(fn=cmd_train_group)
+    p = sub.add_parser("export-hf", help="a run's checkpoint as a Hugging Face model folder (config, safetensors, "
+                       "model code, tokenizer)")
+    _run_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--checkpoint", help="a ckpt/tokens_*.pt of the run (default: its final one)")
+    p.set_defaults(fn=cmd_export_hf)
     p = sub.add_parser("train-branch", help="one WSD decay branch of the scaling grid, forked from a stable run")
     _run_args(p)
     p.add_argument("--data", required=True)
@@ -352,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-values", action="store_true", help="values are LongPPL: fit their log")
     p.set_defaults(fn=cmd_scaling_fit)
     p = sub.add_parser("aggregate", help="concatenate per-run tables")
-    p.add_argument("--kind", choices=sorted(TABLE_COLUMNS), required=True)
+    p.add_argument("--kind", choices=sorted(AGGREGATE_COLUMNS), required=True)
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="+")
     p.set_defaults(fn=cmd_aggregate)

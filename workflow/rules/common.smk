@@ -43,6 +43,8 @@ TRAIN_WRAP = gpu_wrap(TRAIN_DEVICES)
 TRAIN_GPUS = (1 if TRAIN_DEVICES == 1 else TRAIN_DEVICES * int(os.environ.get("HYBRIDLAB_JOBS_PER_GPU", "1"))) if ON_GPU else 0
 BUDGETS = [str(k) for k in _CFG.train.budgets_k] if _CFG.train.schedule == "wsd" else []
 GROUP_SEEDS = bool(_CFG.train.get("group_seeds", False))
+# lm-evaluation-harness suites and tasks (eval.lm_eval.run); none: the lm_eval rule is not part of the DAG.
+LM_EVAL = list(_CFG.eval.lm_eval.get("run") or [])
 
 
 def budget_points(size):

@@ -48,3 +48,15 @@ use rule evaluate as evaluate_branch with:
         out=f"{RUN}/budget{{k}}/eval.csv",
     log:
         f"{RES}/logs/evaluate_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.log",
+
+
+# lm_eval: lm-evaluation-harness tasks (eval.lm_eval.run: suites and task names) on the final checkpoint, through
+# the project's adapter (HybridLM's own caches for generation). Part of the DAG only when eval.lm_eval.run is not
+# empty: its per-run lmeval.csv then becomes tables/lmeval.csv, which the figures and the report read.
+use rule evaluate as lm_eval with:
+    params:
+        cmd="lm-eval",
+    output:
+        out=f"{RUN}/lmeval.csv",
+    log:
+        f"{RES}/logs/lm_eval_{{size}}_{{variant}}_seed{{seed}}.log",

@@ -6,14 +6,15 @@
 # (after `figures_only`, name it as the target too: `snakemake figures_only --report ...`).
 import sys
 
-from hybridlab.analysis.schemas import RUN_FILES
+from hybridlab.analysis.schemas import OPTIONAL_RUN_FILES, RUN_FILES
 from hybridlab.figures import FIGURES, TABLE_NAMES
 
-# Every per-run table is concatenated into tables/<kind>.csv (train's per-run file is its metrics.csv).
-TABLE_KINDS = {**RUN_FILES, "train": "metrics.csv"}
+# Every per-run table is concatenated into tables/<kind>.csv (train's per-run file is its metrics.csv); lmeval
+# only when eval.lm_eval.run asks for tasks.
+TABLE_KINDS = {**RUN_FILES, **(OPTIONAL_RUN_FILES if LM_EVAL else {}), "train": "metrics.csv"}
 TABLES_DIR = f"{RES}/tables"
 # Tables no per-run rule makes; figures use them when present (the Fig. 2 fitted curves).
-OPTIONAL_TABLES = ("scaling_fit",)
+OPTIONAL_TABLES = ("scaling_fit", *(k for k in OPTIONAL_RUN_FILES if k not in TABLE_KINDS))
 # With figures_only among the targets the rules that make tables are left out, so the tables are plain inputs
 # and nothing upstream (training, evaluation) can be scheduled, whatever the state of the runs folder.
 FIGURES_ONLY = "figures_only" in sys.argv[1:]

@@ -10,13 +10,19 @@ Output: a tidy table, one row per (checkpoint, metric, length) with columns EVAL
                    selection on real text (data/longppl.py); NaN when real text has no key-token mask
   loss_by_pos      mean loss of the tokens at positions (length/2, length] (the log perplexity by position; the
                    first bucket holds every position <= eval.pos_bucket_min)
-  niah_acc         fraction of NIAH samples whose final prediction is the needle's value (greedy argmax); at
+  niah_acc         synthetic corpus: fraction of NIAH samples whose final prediction is the needle's value
+                   (greedy argmax; the value is one token). Real text: RULER's scoring of the whole answer
+                   string: greedy generation (with the model's caches) of the answer's length plus
+                   eval.gen_extra_tokens tokens, decoded; a sample scores when the 7-digit value occurs in it
+                   (evals/generation.py), so a model that only gets the first of its 4 BPE tokens scores 0. At
                    every checkpoint at the training length, at the other lengths on every checkpoint or only the
                    final one (eval.niah_lengths_all_checkpoints)
-  ruler_<task>     each RULER-style eval set of the data folder (data/evalsets.py), by length: per sample the
-                   fraction of its answer tokens predicted under teacher forcing (argmax at answer_pos - 1),
-                   averaged over samples; for single-token values this is RULER's string_match_all. At every
-                   checkpoint, or only the final one unless eval.ruler_all_checkpoints.
+  ruler_<task>     each RULER-style eval set of the data folder (data/evalsets.py), by length. Synthetic corpus:
+                   per sample the fraction of its answer tokens predicted under teacher forcing (argmax at
+                   answer_pos - 1), averaged over samples; with single-token values this is RULER's
+                   string_match_all. Real text: string_match_all of the generated continuation of the question
+                   (as niah_acc) against every value of the answer. At every checkpoint, or only the final one
+                   unless eval.ruler_all_checkpoints.
 """
 
 from __future__ import annotations
@@ -35,14 +41,10 @@ from hybridlab.data.evalsets import EvalSet, load_evalset
 from hybridlab.data.niah import load_niah
 from hybridlab.data.shards import load_key_mask, load_split, read_manifest
 from hybridlab.evals.checkpoints import iter_checkpoints, list_checkpoints, pick_device
+from hybridlab.evals.generation import autocast, generated_scores
 from hybridlab.models import HybridLM, Receptive
 
 log = logging.getLogger("hybridlab")
-
-
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
 
 
 @torch.no_grad()
@@ -139,10 +141,22 @@ def niah_accuracy(model: HybridLM, ds, batch: int, device: torch.device) -> floa
     return correct / len(ds.tokens)
 
 
+def text_decoder(data_dir: str | Path, manifest: dict):
+    """Token ids -> text with the data folder's tokenizer; None for the synthetic corpus (scored in token space)."""
+    if manifest.get("tokenizer", {}).get("kind", "synthetic") == "synthetic":
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(data_dir) / manifest["tokenizer"]["file"]))
+    return lambda ids: tok.decode(list(ids), skip_special_tokens=True)
+
+
 def evaluate_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
     manifest = read_manifest(data_dir)
     device = pick_device(cfg)
     batch = int(cfg.eval.batch_size)
+    decode = text_decoder(data_dir, manifest)
+    extra = int(cfg.eval.get("gen_extra_tokens", 16))
     val = load_val(cfg, data_dir)
     niah = {int(n): load_niah(data_dir, int(n)) for n in manifest["niah"]}
     ruler = ruler_sets(data_dir, manifest)
@@ -160,10 +174,15 @@ def evaluate_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame
         for length, ds in niah.items():
             if length != manifest["context"] and not (last or cfg.eval.get("niah_lengths_all_checkpoints", True)):
                 continue
-            acc = niah_accuracy(model, ds, batch, device)
+            if decode is None:
+                acc = niah_accuracy(model, ds, batch, device)
+            else:
+                query = np.full(len(ds.tokens), ds.tokens.shape[1] - 1)
+                acc = float(generated_scores(model, ds.tokens, query, ds.answers, decode, batch, device, extra).mean())
             rows.append({**base, "metric": "niah_acc", "length": length, "value": acc})
         if cfg.eval.ruler_all_checkpoints or last:
             for (task, length), ds in ruler.items():
-                rows.append({**base, "metric": f"ruler_{task}", "length": length,
-                             "value": ruler_score(model, ds, batch, device)})
+                value = ruler_score(model, ds, batch, device) if decode is None else float(generated_scores(
+                    model, ds.tokens, ds.query_pos, ds.answer, decode, batch, device, extra).mean())
+                rows.append({**base, "metric": f"ruler_{task}", "length": length, "value": value})
     return pd.DataFrame(rows, columns=list(EVAL_COLUMNS))

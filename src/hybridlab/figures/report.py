@@ -161,6 +161,12 @@ def run_quantities(tables: Tables) -> pd.DataFrame:
         for name, d in picks:
             if not d.empty:
                 frames.append(d.groupby(["variant", "seed"], as_index=False)["value"].mean().assign(quantity=name))
+    lm = tables.get("lmeval")  # lm-evaluation-harness suites: ShortAvg, RULER @ 16384, LongBench @ 16384, ...
+    if lm is not None and not lm.empty:
+        suites = final(lm[lm["metric"] == "suite_mean"])
+        for (task, length), d in suites.groupby(["task", "length"], sort=False):
+            frames.append(d.groupby(["variant", "seed"], as_index=False)["value"].mean().assign(
+                quantity=task if task == "ShortAvg" else f"{task} @ {length}"))
     tr = tables.get("train")
     if tr is not None and not tr.empty:
         last = tr[tr["step"] == tr.groupby(["variant", "seed"])["step"].transform("max")]
