@@ -51,9 +51,11 @@ lint: venv
 	$(BIN)/ruff check src tests kernels workflow
 	$(BIN)/snakemake --lint
 
-## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch)
+## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch);
+## the new paper/SCALE/ replaces the old one only when complete (Snakemake would delete the old outputs first)
 figures: $(ENV_DEP)
-	$(SNAKEMAKE) --cores 1 figures_only --config scale=$(SCALE) results_dir=$(RESULTS)
+	hybridlab figures --scale '$(SCALE)' --tables '$(RESULTS)/$(SCALE)/tables' --out 'paper/$(SCALE)'
+	hybridlab report-index --paper paper
 
 clean-smoke:
 	rm -rf results/smoke paper/smoke

@@ -50,6 +50,18 @@ def _cfg(a):
     return load_config(a.scale, getattr(a, "variant", "full"), getattr(a, "seed", 0), a.overrides, a.size)
 
 
+def _checked_cfg(a):
+    """The config of a command that reads a data folder and a run: both checked against it before any work
+    (hybridlab.identity); the tables it writes will carry what made them (`a.made_by`)."""
+    from hybridlab.identity import check_data, check_run, table_stamp
+
+    cfg = _cfg(a)
+    manifest = check_data(a.data, cfg, "eval")
+    check_run(a.run, cfg)
+    a.made_by = table_stamp(cfg, manifest)
+    return cfg
+
+
 def cmd_list(a) -> None:
     from hybridlab.config import scale_names, variant_names
 
@@ -76,7 +88,7 @@ def cmd_prepare(a) -> None:
 def cmd_train(a) -> None:
     from hybridlab.train.run import train
 
-    s = train(_cfg(a), a.data, a.out)
+    s = train(_cfg(a), a.data, a.out, allow=tuple(a.allow_change or ()))
     if "final_loss" in s:  # a finished run, on rank 0
         print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
@@ -106,25 +118,29 @@ def _write(a, df, path: str | None = None) -> None:
 
     path = path or a.out
     write_table(path, df)
+    if getattr(a, "made_by", None):  # a per-run table: what made it, beside it (`aggregate` checks it)
+        from hybridlab.identity import write_stamp
+
+        write_stamp(path, a.made_by)
     print(f"{len(df)} rows -> {path}")
 
 
 def cmd_evaluate(a) -> None:
     from hybridlab.evals.evaluate import evaluate_run
 
-    _write(a, evaluate_run(_cfg(a), a.data, a.run))
+    _write(a, evaluate_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_receptive(a) -> None:
     from hybridlab.analysis.receptive import receptive_run
 
-    _write(a, receptive_run(_cfg(a), a.data, a.run))
+    _write(a, receptive_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_analyze(a) -> None:
     from hybridlab.analysis.analyze import analyze_run
 
-    tables = analyze_run(_cfg(a), a.data, a.run)
+    tables = analyze_run(_checked_cfg(a), a.data, a.run)
     _write(a, tables["heads"])
     for kind in ANALYZE_EXTRA:
         if getattr(a, kind):
@@ -134,25 +150,25 @@ def cmd_analyze(a) -> None:
 def cmd_probe(a) -> None:
     from hybridlab.analysis.probe import probe_run
 
-    _write(a, probe_run(_cfg(a), a.data, a.run))
+    _write(a, probe_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_gradinf(a) -> None:
     from hybridlab.analysis.gradinf import gradinf_run
 
-    _write(a, gradinf_run(_cfg(a), a.data, a.run))
+    _write(a, gradinf_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_lm_eval(a) -> None:
     from hybridlab.evals.harness import lm_eval_run
 
-    _write(a, lm_eval_run(_cfg(a), a.data, a.run))
+    _write(a, lm_eval_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_export_hf(a) -> None:
     from hybridlab.export.hf import export_checkpoint
 
-    out = export_checkpoint(_cfg(a), a.data, a.run, a.out, a.checkpoint)
+    out = export_checkpoint(_checked_cfg(a), a.data, a.run, a.out, a.checkpoint)
     print(f"exported {a.variant} seed {a.seed} -> {out} (AutoModelForCausalLM, trust_remote_code=True)")
 
 
@@ -202,6 +218,7 @@ AGGREGATE_COLUMNS = {**TABLE_COLUMNS, **OPTIONAL_TABLES}
 def cmd_aggregate(a) -> None:
     import pandas as pd
 
+    from hybridlab.identity import check_tables
     from hybridlab.io import read_table
 
     frames = []
@@ -216,6 +233,7 @@ def cmd_aggregate(a) -> None:
             df.insert(0, "variant", run.parent.name)
         df.insert(0, "size", run.parent.parent.name)
         frames.append(df)
+    check_tables(a.inputs, frames)  # each table's rows are its folder's run's, no row twice
     _write(a, pd.concat(frames, ignore_index=True))
 
 
@@ -338,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True)
         if name == "train":
             p.add_argument("--out", required=True, help="run folder")
+            p.add_argument("--allow-change", action="append", metavar="KEY",
+                           help="resume an interrupted run with this setting changed on purpose (repeatable; "
+                                "provenance.json records the change); any other difference is refused")
         else:
             p.add_argument("--run", required=True)
             p.add_argument("--out", required=True, help="output CSV")

@@ -62,12 +62,32 @@ def load_config(
         raise ConfigError("variant", variant, ", ".join(variant_names()))
     if size is not None and size not in model_names():
         raise ConfigError("size", size, ", ".join(model_names()))
+    _check_flag_overrides(overrides or [], size)
     args = [f"scale={scale}", f"variant={variant}", f"seed={seed}", *(overrides or [])]
     if size is not None:
         args.append(f"model={size}")
     cfg = _compose(args)
     validate(cfg)
+    name = OmegaConf.select(cfg, "variant.name")
+    _check(name == variant, "variant.name", name, f"'{variant}', the name of its file conf/variant/{variant}.yaml "
+           "(rows and folders are labelled by the name)")
     return cfg
+
+
+# Keys that a flag sets (and, in the workflow, a --config key): an override of one would silently replace the
+# flag's value, e.g. every variant's folder training the overridden variant.
+FLAG_KEYS = {"scale": ("--scale", "scale=S"), "variant": ("--variant", "variants=[V, ...]"),
+             "seed": ("--seed", "seeds=[N, ...]"), "model": ("--size", "scale.sizes in the scale preset")}
+
+
+def _check_flag_overrides(overrides: list[str], size: str | None) -> None:
+    for arg in overrides:
+        lhs, _, rhs = str(arg).partition("=")
+        key = lhs.lstrip("+~")
+        if key in FLAG_KEYS and (key != "model" or size is not None):
+            flag, workflow = FLAG_KEYS[key]
+            raise ConfigError(key, rhs or arg, f"the {flag} flag, not an override (it would silently replace the "
+                              f"flag's value; in the workflow: --config {workflow})")
 
 
 def _override_value(args: list[str], key: str) -> Any:
@@ -157,9 +177,10 @@ def check_workflow_config(config: dict[str, Any], schema: str | Path) -> dict[st
         _check(name in variant_names(), "scale.seed_counts", name, ", ".join(variant_names()))
         _check(isinstance(n, int) and 1 <= n <= len(seeds), f"scale.seed_counts.{name}", n,
                f"an integer in [1, {len(seeds)}] (the first n of scale.seeds)")
-    cfgs = [load_config(scale, v, seeds[0], overrides) for v in variants]
-    for size in (plan.get("sizes") or [])[1:]:  # the first size is the scale's default, checked above
-        sized = load_config(scale, variants[0], seeds[0], [*overrides, f"model={size}"])
+    sizes = list(plan.get("sizes") or [None])
+    cfgs = [load_config(scale, v, seeds[0], overrides, sizes[0]) for v in variants]
+    for size in sizes[1:]:  # the first size is the scale's default, checked above
+        sized = load_config(scale, variants[0], seeds[0], overrides, size)
         for cfg in cfgs:  # a layout must fit every model size (layers divisible by the ratio's group, ...)
             build_layout(cfg.variant, sized.model, sized.scale)
     by_variant = {v: seeds[:counts.get(v, len(seeds))] for v in variants}
@@ -289,6 +310,7 @@ RULES: dict[str, Rule] = {
     "train.last_every": optional(integer(1)),
     "train.stop_after": optional(integer(1)),
     "train.num_workers": integer(0),
+    "train.ckpt_every": optional(integer(1)),
     "eval.niah_lengths": list_of(number(0, open_lo=True)),
     "eval.niah_samples": integer(1),
     "eval.niah_lengths_all_checkpoints": optional(BOOL),
@@ -315,6 +337,20 @@ RULES: dict[str, Rule] = {
     "eval.lm_eval.limit": optional(number(0, open_lo=True)),
     "eval.lm_eval.bootstrap_iters": optional(integer(0)),
     "eval.lm_eval.all_checkpoints": optional(BOOL),
+    "eval.lm_eval.include_path": optional(existing("folder")),
+    "eval.ruler_all_checkpoints": optional(BOOL),
+    "eval.probe_all_checkpoints": optional(BOOL),
+    "eval.gradinf_all_checkpoints": optional(BOOL),
+    "eval.probe_C": optional(number(0, open_lo=True)),
+    "eval.probe_test_fraction": optional(number(0, 1, open_lo=True, open_hi=True)),
+    "eval.gradinf_samples": optional(integer(1)),
+    "eval.gradinf_last": optional(integer(1)),
+    "eval.masking_k": optional(list_of(integer(1), unique=True)),
+    "eval.masking_draws": optional(integer(1)),
+    "eval.masking_lengths": optional(list_of(number(0, open_lo=True))),
+    "eval.receptive_windows": optional(list_of(number(0, 1, open_lo=True, open_hi=True))),
+    "scale.assumed_mfu": optional(number(0, 1, open_lo=True)),
+    "scale.peak_tflops": optional(number(0, open_lo=True)),
     "variant.first_full": integer(0),
     "variant.sinks": integer(0),
     "variant.full_rope": BOOL,
@@ -341,6 +377,101 @@ SYNTHETIC_RULES: dict[str, Rule] = {
 }
 
 
+# Keys a config may hold besides those the rules above check: checked where they are used (the layout, the
+# corpora, the scale's plan, the eval sets) or free-form. In a pattern `*` is any one name; a pattern ending in
+# `.**` holds anything below it (lm-eval's suites and metadata, Hugging Face data_files).
+OTHER_KEYS = (
+    "model.name", "variant.name", "variant.label", "variant.efficient", "variant.ratio", "variant.window",
+    "scale.name", "scale.variants", "scale.seeds", "scale.sizes", "scale.seed_counts.*", "scale.budget_k_by_size.*",
+    "data.distance_dist", "data.n_longppl_seqs", "data.corpora.*", "data.corpora.*.role", "data.corpora.*.take.*",
+    "data.corpora.*.groups", "data.corpora.*.text_field", "data.corpora.*.files", "data.corpora.*.val_fraction",
+    "data.corpora.*.hf", "data.corpora.*.hf.name", "data.corpora.*.hf.config", "data.corpora.*.hf.split",
+    "data.corpora.*.hf.revision", "data.corpora.*.hf.data_files.**", "data.tokenizer.revision",
+    "data.tokenizer.bos_token", "data.tokenizer.pad_token", "data.tokenizer.min_frequency",
+    "data.tokenizer.train_docs", "data.longppl.device", "data.longppl.block", "data.longppl.gain_threshold",
+    "data.longppl.logprob_floor", "data.longppl.short_window", "eval.ruler_tasks", "eval.haystack_file",
+    "eval.lm_eval.suites.**", "eval.lm_eval.metadata.**",
+)
+
+
+def _known_patterns() -> list[tuple[str, ...]]:
+    from hybridlab.data.corpora import text_rules  # the keys of real-text data configs, for a corpus named *
+
+    text = text_rules(OmegaConf.create({"corpora": {"*": {"take": {}}}}))
+    return [tuple(k.split(".")) for k in (*RULES, *SYNTHETIC_RULES, *text, *OTHER_KEYS)]
+
+
+def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    if pattern[-1] == "**":
+        return len(key) >= len(pattern) - 1 and _matches(key[:len(pattern) - 1], pattern[:-1])
+    return len(key) == len(pattern) and all(p in ("*", k) for k, p in zip(key, pattern, strict=True))
+
+
+def check_unknown_keys(cfg: DictConfig) -> None:
+    """Every key of the composed config must be one that hybridlab reads: a misspelled key in a user's YAML
+    (`sink_tokens: 4` in a variant file, `warmup_step: 5`) or a `+key=` override is refused, with the closest
+    known key suggested, instead of leaving the intended setting at its default."""
+    import difflib
+
+    patterns = _known_patterns()
+
+    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        for name in node:
+            key = (*prefix, str(name))
+            if any(p[-1] == "**" and _matches(key, p) for p in patterns):
+                continue
+            child = node._get_node(name) if isinstance(node, DictConfig) else None
+            if isinstance(child, DictConfig) and not child._is_none() and len(child) and any(
+                    len(p) > len(key) and _matches(key, p[:len(key)]) for p in patterns):
+                walk(child, key)
+                continue
+            if not any(_matches(key, p) for p in patterns):
+                dotted = ".".join(key)
+                known = [".".join(p) for p in patterns if p[0] == key[0] and "*" not in p and "**" not in p]
+                near = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+                section = f"the keys of {key[0]}" if len(key) > 1 else "the config's sections"
+                hint = f"did you mean '{near[0]}'?" if near else f"see {section} in conf/"
+                value = OmegaConf.select(cfg, dotted, default=None, throw_on_resolution_failure=False)
+                raise ConfigError(dotted, value, f"a key that hybridlab reads ({hint})")
+
+    walk(cfg, ())
+
+
+def check_schedule(train: Any) -> None:
+    """Cross-key rules of the schedule, once the step count is known (from train.steps or a token budget):
+    warmup ends before the last step; under wsd, warmup and decay fit in the run."""
+    steps, warmup = int(train.steps), int(train.warmup_steps)
+    _check(warmup < steps, "train.warmup_steps", warmup, f"an integer below the run's steps ({steps})")
+    if train.schedule == "wsd":
+        decay = max(1, int(round(steps * float(train.get("decay_frac") or 0.2))))
+        _check(warmup <= steps - decay, "train.warmup_steps", warmup,
+               f"at most {steps - decay}: the run's {steps} steps minus the wsd decay ({decay} steps, "
+               "train.decay_frac)")
+
+
+def check_backends(cfg: DictConfig) -> None:
+    """A forced kernel backend must be usable here: its package installed, a GPU accelerator (flash-attn and
+    fla run on CUDA only; where torch is already imported, a CUDA device present), no attention sinks for
+    flash-attn."""
+    import importlib.util
+    import sys
+
+    torch = sys.modules.get("torch")  # never imported here: the workflow validates configs without torch
+    no_cuda = cfg.scale.accelerator == "cpu" or (torch is not None and not torch.cuda.is_available())
+    for key, forced, package in (("model.attn_backend", "flash", "flash_attn"), ("model.mixer_backend", "fla", "fla")):
+        if OmegaConf.select(cfg, key) != forced:
+            continue
+        pip = {"flash_attn": "flash-attn", "fla": "flash-linear-attention"}[package]
+        _check(importlib.util.find_spec(package) is not None, key, forced,
+               f"auto or the PyTorch backend: {pip} is not installed on this machine (pip install {pip})")
+        _check(not no_cuda, key, forced, "auto or the PyTorch backend: "
+               f"{pip} needs a CUDA GPU (scale.accelerator is {cfg.scale.accelerator}"
+               + ("" if cfg.scale.accelerator == "cpu" else ", and this machine has none") + ")")
+    if cfg.model.attn_backend == "flash" and int(cfg.variant.get("sinks") or 0) > 0:
+        raise ConfigError("model.attn_backend", "flash", "sdpa, flex or auto: flash-attn cannot attend to the "
+                          f"variant's {cfg.variant.sinks} attention sinks")
+
+
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ConfigError(key, value, allowed)
@@ -359,6 +490,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the composed config; raise ConfigError on the first problem (key, bad value, what is allowed)."""
     try:
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation must resolve
+        check_unknown_keys(cfg)
         _validate(cfg)
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e, cfg) from None
@@ -389,7 +521,14 @@ def _validate(cfg: DictConfig) -> None:
     _apply(cfg, {"scale.variants": list_of(one_of(*variant_names()), unique=True),
                  "scale.seeds": list_of(integer(0), unique=True),
                  "scale.sizes": optional(list_of(one_of(*model_names()), unique=True))})
+    from hybridlab.data.evalsets import TASKS  # numpy only
+
+    _apply(cfg, {"eval.ruler_tasks": optional(list_of(one_of(*(t for t in TASKS if t != "probe")), nonempty=False,
+                                                      unique=True))})
     t = cfg.train
+    if t.get("budget_k") is None and (cfg.scale.get("budget_k_by_size") or {}).get(cfg.model.name) is None:
+        check_schedule(t)  # with a token budget the steps are known once the model is built (resolve_budget)
+    check_backends(cfg)
     per_step = t.micro_batch_size * t.devices * t.num_nodes
     _check(t.batch_size % per_step == 0, "train.micro_batch_size", t.micro_batch_size,
            f"a divisor of train.batch_size ({t.batch_size}) / (train.devices ({t.devices}) x train.num_nodes "

@@ -22,7 +22,7 @@ VARIANT = "swa128"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path]:
+def run(tmp_path_factory, finish_run) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("analysis")
     data, run_dir = root / "data", root / "runs" / "tiny" / VARIANT / "seed0"
     assert main(["prepare-data", "--out", str(data), *OVERRIDES]) == 0
@@ -35,7 +35,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
         save_weights(model, run_dir / "ckpt", step, step * 64)
-    (run_dir / "train_done.json").write_text('{"steps": 4}')  # evaluation only reads finished runs
+    finish_run(run_dir, cfg)  # evaluation only reads finished runs
     args = ["--variant", VARIANT, "--data", str(data), "--run", str(run_dir), *OVERRIDES]
     out = {kind: run_dir / name for kind, name in RUN_FILES.items()}
     for cmd in ("evaluate", "receptive", "probe", "gradinf"):

@@ -4,6 +4,8 @@ import shlex
 import sys
 
 from hybridlab.config import ConfigError, check_workflow_config, load_config
+from hybridlab.identity import check_workflow_data
+from hybridlab.io import CorruptFileError
 from hybridlab.analysis.schemas import RUN_FILES
 from hybridlab.figures import FIGURE_NAMES
 
@@ -13,11 +15,19 @@ try:
     PLAN = check_workflow_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 except ConfigError as e:
     sys.exit(f"bad configuration: {e}")
+RES = f"{config['results_dir']}/{config['scale']}"
+# An existing data folder prepared with other settings (a changed data override, which `rerun-triggers: mtime`
+# does not see) is refused here too: its runs were trained on it. `--forcerun prepare_data` rebuilds it on purpose.
+_DAG = getattr(workflow, "dag_settings", None)
+if _DAG is not None and "prepare_data" not in _DAG.forcerun and not _DAG.forceall:
+    try:
+        check_workflow_data(f"{RES}/data", config["scale"], config["overrides"])
+    except (ConfigError, CorruptFileError) as e:
+        sys.exit(f"bad configuration: {e}")
 VARIANTS, SEEDS = PLAN["variants"], PLAN["seeds"]
 SEEDS_BY_VARIANT = PLAN["seeds_by_variant"]  # a variant may run the first n seeds only (scale.seed_counts)
 SIZES = PLAN["sizes"]
 SCALE = config["scale"]
-RES = f"{config['results_dir']}/{SCALE}"
 PAPER = f"{config['paper_dir']}/{SCALE}"
 # Arguments every stage gets: the scale and the Hydra overrides.
 COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in config["overrides"])])
@@ -28,7 +38,8 @@ def gpu_wrap(count=1):
     """The command prefix that gives a job `count` GPUs of its own on a GPU machine (see the script); none on CPU."""
     if not ON_GPU:
         return ""
-    return f"{sys.executable} {workflow.basedir}/workflow/scripts/gpu_lock.py" + (f" --count {count}" if count > 1 else "") + " --"
+    script = shlex.quote(f"{workflow.basedir}/workflow/scripts/gpu_lock.py")
+    return f"{shlex.quote(sys.executable)} {script}" + (f" --count {count}" if count > 1 else "") + " --"
 
 
 # On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs.

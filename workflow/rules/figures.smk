@@ -45,7 +45,7 @@ FIGURES_PARAMS = {
     "paper": lambda wc, output: os.path.dirname(output.report),
 }
 FIGURES_SHELL = (
-    "hybridlab figures --scale {params.scale} --tables {params.tables} --out {params.paper} > {log} 2>&1"
+    "hybridlab figures --scale {params.scale:q} --tables {params.tables:q} --out {params.paper:q} > {log:q} 2>&1"
 )
 
 
@@ -63,7 +63,7 @@ if not FIGURES_ONLY:
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
+            "hybridlab aggregate --kind {wildcards.kind:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
     if BUDGETS:
 
@@ -78,7 +78,7 @@ if not FIGURES_ONLY:
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab aggregate --kind eval --out {output} {input} > {log} 2>&1"
+                "hybridlab aggregate --kind eval --out {output:q} {input:q} > {log:q} 2>&1"
 
         rule scaling_fit:
             input:
@@ -90,7 +90,7 @@ if not FIGURES_ONLY:
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab scaling-fit --table {input} --out {output} > {log} 2>&1"
+                "hybridlab scaling-fit --table {input:q} --out {output:q} > {log:q} 2>&1"
 
     rule describe:
         output:
@@ -102,7 +102,7 @@ if not FIGURES_ONLY:
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab describe --out {output} {params.common} > {log} 2>&1"
+            "hybridlab describe --out {output:q} {params.common} > {log:q} 2>&1"
 
 
 rule figures:
@@ -157,4 +157,4 @@ rule report_index:
     conda:
         "../../envs/hybridlab.yaml"
     shell:
-        "hybridlab report-index --paper $(dirname {output}) > {log} 2>&1"
+        "hybridlab report-index --paper \"$(dirname {output:q})\" > {log:q} 2>&1"
