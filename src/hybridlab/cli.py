@@ -4,6 +4,7 @@
     hybridlab prepare-data --scale S --out DATA_DIR [--workers N] [--tokenizer-only | --group CORPUS/G] [overrides...]
     hybridlab train        --scale S --variant V --seed N --data DATA_DIR --out RUN_DIR [overrides...]
     hybridlab train-group  --scale S --variant V --seeds N [N ...] --data DATA_DIR --outs DIR [DIR ...]
+    hybridlab evaluate-group --scale S --variant V --seeds N [N ...] --data DATA_DIR --runs DIR [DIR ...]
     hybridlab train-branch --scale S --variant V --seed N --data DATA_DIR --stable RUN_DIR --budget K --out DIR
     hybridlab evaluate     --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out eval.csv
     hybridlab receptive    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out receptive.csv
@@ -91,6 +92,17 @@ def cmd_train_group(a) -> None:
     for seed, s in zip(a.seeds, train_group(cfgs, a.data, a.outs), strict=True):
         if "final_loss" in s:
             print(f"trained {a.variant} seed {seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
+
+
+def cmd_evaluate_group(a) -> None:
+    from hybridlab.config import ConfigError, load_config
+    from hybridlab.evals.group import evaluate_group
+
+    if len(a.seeds) != len(a.runs) or len(set(a.seeds)) != len(a.seeds):
+        raise ConfigError("--seeds", a.seeds, f"distinct seeds, one per folder of --runs ({len(a.runs)} given)")
+    cfgs = [load_config(a.scale, a.variant, seed, a.overrides, a.size) for seed in a.seeds]
+    for seed, paths in zip(a.seeds, evaluate_group(cfgs, a.data, a.runs), strict=True):
+        print(f"evaluated {a.variant} seed {seed}: {len(paths)} tables -> {Path(paths['eval']).parent}")
 
 
 def cmd_train_branch(a) -> None:
@@ -351,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--outs", nargs="+", required=True, help="run folders, one per seed, in the order of --seeds")
+    p.add_argument("--outs", nargs="+", required=True,
+                   help="run folders, one per seed, in the order of --seeds (Hydra overrides go before this option)")
     p.set_defaults(fn=cmd_train_group)
     p = sub.add_parser("export-hf", help="a run's checkpoint as a Hugging Face model folder (config, safetensors, "
                        "model code, tokenizer)")
@@ -361,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the model folder to write")
     p.add_argument("--checkpoint", help="a ckpt/tokens_*.pt of the run (default: its final one)")
     p.set_defaults(fn=cmd_export_hf)
+    p = sub.add_parser("evaluate-group", help="every per-run evaluation and analysis (evaluate, receptive, "
+                       "analyze, probe, gradinf) of several seeds of one variant, in one process")
+    _run_args(p, run=False)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="run folders, one per seed, in the order of --seeds (Hydra overrides go before this option)")
+    p.set_defaults(fn=cmd_evaluate_group)
     p = sub.add_parser("train-branch", help="one WSD decay branch of the scaling grid, forked from a stable run")
     _run_args(p)
     p.add_argument("--data", required=True)
