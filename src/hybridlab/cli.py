@@ -82,26 +82,27 @@ def cmd_train(a) -> None:
         print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
 
-def cmd_train_group(a) -> None:
+def _group_cfgs(a, folders: list[str], flag: str) -> list:
+    """One composed config per seed of a group command, after checking one distinct seed per folder."""
     from hybridlab.config import ConfigError, load_config
+
+    if len(a.seeds) != len(folders) or len(set(a.seeds)) != len(a.seeds):
+        raise ConfigError("--seeds", a.seeds, f"distinct seeds, one per folder of {flag} ({len(folders)} given)")
+    return [load_config(a.scale, a.variant, seed, a.overrides, a.size) for seed in a.seeds]
+
+
+def cmd_train_group(a) -> None:
     from hybridlab.train.run import train_group
 
-    if len(a.seeds) != len(a.outs) or len(set(a.seeds)) != len(a.seeds):
-        raise ConfigError("--seeds", a.seeds, f"distinct seeds, one per folder of --outs ({len(a.outs)} given)")
-    cfgs = [load_config(a.scale, a.variant, seed, a.overrides, a.size) for seed in a.seeds]
-    for seed, s in zip(a.seeds, train_group(cfgs, a.data, a.outs), strict=True):
+    for seed, s in zip(a.seeds, train_group(_group_cfgs(a, a.outs, "--outs"), a.data, a.outs), strict=True):
         if "final_loss" in s:
             print(f"trained {a.variant} seed {seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
 
 def cmd_evaluate_group(a) -> None:
-    from hybridlab.config import ConfigError, load_config
     from hybridlab.evals.group import evaluate_group
 
-    if len(a.seeds) != len(a.runs) or len(set(a.seeds)) != len(a.seeds):
-        raise ConfigError("--seeds", a.seeds, f"distinct seeds, one per folder of --runs ({len(a.runs)} given)")
-    cfgs = [load_config(a.scale, a.variant, seed, a.overrides, a.size) for seed in a.seeds]
-    for seed, paths in zip(a.seeds, evaluate_group(cfgs, a.data, a.runs), strict=True):
+    for seed, paths in zip(a.seeds, evaluate_group(_group_cfgs(a, a.runs, "--runs"), a.data, a.runs), strict=True):
         print(f"evaluated {a.variant} seed {seed}: {len(paths)} tables -> {Path(paths['eval']).parent}")
 
 
