@@ -137,8 +137,8 @@ def cmd_scaling_fit(a) -> None:
             raise ConfigError(flag, value, "0 (off) or an integer >= 2")
     try:
         table = pd.concat([load_scaling_input(p, metric=a.metric, length=a.length, scale=a.scale,
-                                              variant=a.variant, log_values=a.log_values) for p in a.table],
-                          ignore_index=True)
+                                              variant=a.variant, log_values=a.log_values, overrides=a.overrides)
+                           for p in a.table], ignore_index=True)
         fit = fit_table(table, forms=tuple(a.forms.split(",")), alpha_bounds=bounds, procedure=a.procedure,
                         holdout=None if a.holdout == "none" else a.holdout, n_boot=a.bootstrap,
                         resample=a.resample, seed=a.seed, profile_points=a.profile_points)
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
     p.add_argument("--profile-points", type=int, default=21, help="alpha values of the profile (0: none)")
     p.add_argument("--draws-out", help="also write the bootstrap draws (the band of Fig. 2) to this CSV")
+    p.add_argument("overrides", nargs="*", help="eval tables: the scale's Hydra overrides (they may change N)")
     p.set_defaults(fn=cmd_scaling_fit)
     p = sub.add_parser("aggregate", help="concatenate per-run tables")
     p.add_argument("--kind", choices=sorted(TABLE_COLUMNS), required=True)

@@ -88,12 +88,15 @@ if not FIGURES_ONLY:
             output:
                 fit=f"{TABLES_DIR}/scaling_fit.csv",
                 draws=f"{TABLES_DIR}/scaling_draws.csv",
+            params:
+                common=COMMON,
             log:
                 f"{RES}/logs/scaling_fit.log",
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab scaling-fit --table {input} --out {output.fit} --draws-out {output.draws} > {log} 2>&1"
+                "hybridlab scaling-fit --table {input} --out {output.fit} --draws-out {output.draws} {params.common} "
+                "> {log} 2>&1"
 
     rule describe:
         output:

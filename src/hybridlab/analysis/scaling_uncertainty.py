@@ -221,7 +221,8 @@ def fit_warnings(fit: ScalingFit, profile: Profile | None = None,
                         "the data are as consistent with alpha beyond the bound, so the bound truncates the "
                         "uncertainty", hi - lo))
         excess = fit.objective / profile.minimum - 1.0
-        if excess > PROFILE_EXCESS_TOL:
+        floor = fit.huber_eps**2 * fit.n_train  # an objective this small is a fit to within rounding
+        if fit.objective - profile.minimum > PROFILE_EXCESS_TOL * max(profile.minimum, floor):
             best = profile.curve.loc[profile.curve["objective"].idxmin(), "alpha"]
             out.append((f"the {fit.procedure} procedure stopped {excess:.1%} above the objective's minimum (the "
                         f"profile reaches it at alpha = {best:.4g}): it did not find the optimum", excess))
