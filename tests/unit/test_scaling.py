@@ -82,6 +82,20 @@ def test_bad_inputs_raise():
         fit_scaling_law(df[df["size"].isin(["S1", "S5"])])
     with pytest.raises(ValueError, match="alpha_bounds"):
         fit_scaling_law(df, alpha_bounds=(0.3, 0.2))
+    with pytest.raises(ValueError, match="procedure='scipy' is not one of"):
+        fit_scaling_law(df, procedure="scipy")
+    with pytest.raises(ValueError, match="alpha_bounds='paper'"):
+        fit_scaling_law(df, alpha_bounds="paper")
+
+
+def test_alpha_bounds_follow_the_procedure():
+    from hybridlab.analysis.scaling import AUTO, resolve_alpha_bounds
+
+    assert resolve_alpha_bounds(AUTO, "no_constant", "default") == (0.2, 0.3)
+    assert resolve_alpha_bounds(AUTO, "no_constant", "released") == (0.2, 0.3)
+    assert resolve_alpha_bounds(AUTO, "constant", "released") == (0.0, None)  # the release leaves it free there
+    assert resolve_alpha_bounds(None, "constant", "default") == (0.0, None)
+    assert resolve_alpha_bounds((0.1, 0.5), "constant", "released") == (0.1, 0.5)
 
 
 def test_read_simple_tsv(tmp_path):
@@ -117,12 +131,12 @@ def test_read_tidy_csv_selects_metric(tmp_path):
 def test_fit_table_is_tidy(tmp_path):
     path = tmp_path / "results.csv"
     tidy_table(path)
-    tables = fit_table(read_scaling_table(path), n_boot=20, profile_points=5)
+    tables = fit_table(read_scaling_table(path), n_boot=10, profile_points=3)
     out = tables.summary
     assert list(out.columns) == ["variant", "form", "kind", "name", "value"]
     assert not out.duplicated(["variant", "form", "name"]).any()  # a name is unique within a fit
     assert list(tables.draws.columns) == ["variant", "form", "replicate", "B", "alpha", "C", "beta", "E", "objective"]
-    assert tables.draws.groupby("variant").size().tolist() == [20, 20]
+    assert tables.draws.groupby("variant").size().tolist() == [10, 10]
     assert set(out["variant"]) == {"full", "swa128"}
     full = out[(out["variant"] == "full") & (out["kind"] == "param")].set_index("name")["value"]
     assert full["alpha"] == pytest.approx(TRUE["alpha"], abs=1e-3)
@@ -144,16 +158,16 @@ def test_read_released_layout_as_released(tmp_path):
 
 def test_bootstrap_intervals_cover_the_truth_and_resample_sizes():
     fit = fit_scaling_law(synthetic(noise=3e-3, seed=3))
-    boot = bootstrap(fit, n_boot=60, seed=1)
-    assert len(boot.draws) == 60 and boot.redrawn == 0
+    boot = bootstrap(fit, n_boot=40, seed=1)
+    assert len(boot.draws) == 40 and boot.redrawn == 0
     for name in ("alpha", "beta", "B", "C"):
         low, high = boot.interval(name)
         assert low <= fit.params[name] <= high, name
     assert boot.interval("beta")[0] < TRUE["beta"] < boot.interval("beta")[1]
-    assert bootstrap(fit, n_boot=60, seed=1).draws.equals(boot.draws)  # the seed fixes the draws
+    assert bootstrap(fit, n_boot=8, seed=1).draws.equals(boot.draws.head(8))  # the seed fixes the draws
     three = fit_scaling_law(synthetic(noise=3e-3, seed=3).query("size in ['S1', 'S2', 'S3']"))
-    by_size = bootstrap(three, n_boot=40, resample="sizes", seed=2)
-    assert len(by_size.draws) == 40 and by_size.redrawn > 0  # 2 training sizes: half the draws hold only one
+    by_size = bootstrap(three, n_boot=20, resample="sizes", seed=2)
+    assert len(by_size.draws) == 20 and by_size.redrawn > 0  # 2 training sizes: half the draws hold only one
     with pytest.raises(ValueError, match="resample"):
         bootstrap(fit, resample="rows")
 
@@ -175,14 +189,14 @@ def test_warnings_for_a_bound_and_a_flat_profile():
     df["loss"] = (60 / df["N"] ** 0.4 + 800 / df["D"] ** 0.33) * np.exp(
         np.random.default_rng(5).normal(0, 2e-3, len(df)))
     fit = fit_scaling_law(df, holdout=None)  # sizes within 4%: B and alpha trade off almost exactly
-    profile = profile_alpha(fit)
+    profile = profile_alpha(fit, n_points=11)
     texts = [t for t, _ in fit_warnings(fit, profile)]
     assert profile.flat and any("profile over alpha is flat" in t for t in texts)
     steep = synthetic(noise=1e-4, seed=6)
     steep["loss"] = 60 / steep["N"] ** 0.4 + 800 / steep["D"] ** 0.33  # true alpha 0.4 beyond [0.2, 0.3]
     fit = fit_scaling_law(steep)
     assert fit.params["alpha"] == pytest.approx(0.3)
-    texts = [t for t, _ in fit_warnings(fit, profile_alpha(fit))]
+    texts = [t for t, _ in fit_warnings(fit, profile_alpha(fit, n_points=11))]
     assert any(t.startswith("alpha = 0.3 ends on its upper bound 0.3") for t in texts)
     assert any("reaches its upper bound" in t for t in texts)
 
@@ -213,3 +227,16 @@ def test_prediction_band_against_a_simple_reference():
     low, high = prediction_band(same, "no_constant", 3.1e7, d)
     np.testing.assert_allclose(low, fit.predict(3.1e7, d), rtol=1e-12)
     np.testing.assert_allclose(np.exp(log_predict(fit.theta(), np.log(3.1e7), np.log(d))), high, rtol=1e-12)
+
+
+def test_cli_names_a_bad_flag(tmp_path, capsys):
+    from hybridlab.cli import main
+
+    path = tmp_path / "law.tsv"
+    synthetic().to_csv(path, sep="\t", index=False)
+    for flag, value, allowed in (("--bootstrap", "1", "0 (off) or an integer >= 2"),
+                                 ("--alpha-bounds", "0.2", "'LOW,HIGH'")):
+        assert main(["scaling-fit", "--table", str(path), "--out", str(tmp_path / "fit.csv"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"config key '{flag}'" in err and allowed in err
+    assert not (tmp_path / "fit.csv").exists()

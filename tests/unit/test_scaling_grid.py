@@ -28,7 +28,7 @@ def law(variant: str, n, d):
     return b / np.asarray(n) ** alpha + c / np.asarray(d) ** beta
 
 
-def grid_tables(noise: float = 0.0, n_boot: int = 20) -> Tables:
+def grid_tables(noise: float = 0.0, n_boot: int = 10) -> Tables:
     """A 3-size x 4-budget grid of three variants with known laws, fitted like the workflow does it."""
     rng = np.random.default_rng(0)
     rows = []
@@ -43,7 +43,7 @@ def grid_tables(noise: float = 0.0, n_boot: int = 20) -> Tables:
                                           "length", "value"])
     points = budgets[budgets["metric"] == "log_longppl"].assign(N=budgets["size"].map(SIZES))
     points = points.rename(columns={"tokens": "D", "value": "loss"})[["variant", "size", "N", "D", "loss"]]
-    fit = fit_table(points, n_boot=n_boot, profile_points=5)
+    fit = fit_table(points, n_boot=n_boot, profile_points=3)
     info = {"name": "grid", "context": CONTEXT, "ref_context": 16384, "variants": list(LAWS), "seeds": [0],
             "sizes": list(SIZES),
             "runs": [{"size": s, "variant": v, "non_embedding_params": n} for s, n in SIZES.items() for v in LAWS]}
@@ -117,7 +117,7 @@ def test_c1_grid_check_matches_hand_computed_gaps(exact):
 
 
 def test_c1_intervals_widen_with_noise_and_cover_the_measured_gap():
-    t = grid_tables(noise=0.01, n_boot=30)
+    t = grid_tables(noise=0.01, n_boot=20)
     rows = scaling_grid.c1_grid_rows(t)
     gaps = rows[rows["quantity"] == "gap swa128 - full"]
     assert (gaps["at_large_high"] - gaps["at_large_low"] > 0.01).all()

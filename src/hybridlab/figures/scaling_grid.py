@@ -65,6 +65,21 @@ def _has_warnings(fit: pd.DataFrame | None) -> list[str]:
     return variant_order(fit.loc[fit["kind"] == "warning", "variant"])
 
 
+def _tokens_label(tokens: float) -> str:
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if tokens >= scale:
+            return f"{tokens / scale:.3g}{unit}"
+    return f"{tokens:.3g}"
+
+
+def _budget_ticks(ax, g: pd.DataFrame) -> None:
+    """Ticks at the budget points (tokens, the mean over variants of each budget), labelled in tokens."""
+    ticks = g.groupby("budget_k")["tokens"].mean().sort_values()
+    ax.minorticks_off()
+    ax.set_xticks(ticks.to_numpy(), [_tokens_label(t) for t in ticks], fontsize=8)
+    ax.set_xlabel("training tokens (decayed end of each budget)")
+
+
 def fig2_scaling(eval_df: pd.DataFrame, out_dir, context: int, fit: pd.DataFrame | None = None,
                  n_params: dict[tuple[str, str], float] | None = None, budgets: pd.DataFrame | None = None,
                  draws: pd.DataFrame | None = None) -> list[Path]:
@@ -89,8 +104,8 @@ def fig2_scaling(eval_df: pd.DataFrame, out_dir, context: int, fit: pd.DataFrame
         for i, metric in enumerate(("val_loss", "log_longppl")):
             ax = axes[i][j]
             _metric_ax(ax, g, metric, context, pal)
-            if grid:
-                ax.set_xlabel("training tokens (decayed end of each budget)")
+            if grid and (g["metric"] == metric).any():
+                _budget_ticks(ax, g[g["metric"] == metric])
             sized = [n_params.get((str(size), v)) for v in g["variant"].unique()]
             title = f"size {size}" if size is not None else ""
             if held and any(n in held for n in sized if n is not None):
