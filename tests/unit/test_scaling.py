@@ -240,3 +240,24 @@ def test_cli_names_a_bad_flag(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"config key '{flag}'" in err and allowed in err
     assert not (tmp_path / "fit.csv").exists()
+
+
+def test_data_the_law_does_not_describe_give_warnings_not_overflow():
+    """Full's budget points of the CPU run of mini_grid (shrunk to a few hundred steps, docs/scaling.md): at the
+    largest size log(LongPPL) rises with tokens. Bootstrap refits then run off along C and beta together (C
+    reached 1e219 and then overflowed before the optimiser got its box); the box stops them at exp(100), and
+    the table says so."""
+    from hybridlab.analysis.scaling import LOG_COEF_BOX
+
+    rows = [("mini", 3410176.0, 172032, 3.8287), ("mini", 3410176.0, 342016, 4.1514),
+            ("mini", 3410176.0, 512000, 4.5176), ("mini", 3410176.0, 684032, 5.2318),
+            ("w128", 754816.0, 38912, 6.5282), ("w128", 754816.0, 75776, 5.4274), ("w128", 754816.0, 114688, 4.5756),
+            ("w128", 754816.0, 151552, 3.9632), ("w192", 1771200.0, 90112, 4.3829), ("w192", 1771200.0, 178176, 3.8887),
+            ("w192", 1771200.0, 266240, 4.0193), ("w192", 1771200.0, 354304, 4.2649)]
+    df = pd.DataFrame(rows, columns=["size", "N", "D", "loss"])
+    tables = fit_table(df, n_boot=30, profile_points=3)
+    draws = tables.draws
+    assert len(draws) == 30 and np.isfinite(draws[["B", "alpha", "C", "beta"]]).all().all()
+    assert np.log(draws["C"]).max() == pytest.approx(LOG_COEF_BOX)
+    warnings = tables.summary.loc[tables.summary["kind"] == "warning", "name"]
+    assert warnings.str.contains("bootstrap refits ran off to the optimiser's box").any()

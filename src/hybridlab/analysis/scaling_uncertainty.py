@@ -17,9 +17,11 @@ interval where n log(objective(alpha) / min) <= chi2_1(0.95) / 2 = 1.92; when mo
 (a Gaussian likelihood) the threshold is 3.84. The profile is flat when every alpha of the range is inside.
 
 Warnings (plain sentences in the fit table, rows kind "warning"): a parameter that ends on a bound (alpha on
-either bound, beta on 0); a flat profile, or else a profile interval that reaches a bound of alpha (the bound
-truncates what the data allow); a point estimate above the profile's minimum (the procedure stopped early, as
-the released one does on its data); bootstrap refits that failed.
+either bound, beta on 0, log B, log C or log E on the default optimiser's box of +-100, bootstrap refits on that
+box); a flat profile, or else
+a profile interval that reaches a bound of alpha (the bound truncates what the data allow); a point estimate
+above the profile's minimum (the procedure stopped early, as the released one does on its data); bootstrap
+refits that failed.
 
 Tables (`fit_table`): the summary (variant, form, kind, name, value) with kinds param, metric, info (see
 analysis/scaling.py), ci (name "<param>_low" / "<param>_high"), profile (name = alpha, value = objective) and
@@ -39,6 +41,7 @@ import pandas as pd
 
 from hybridlab.analysis.scaling import (
     BETA_STARTS,
+    LOG_COEF_BOX,
     PARAM_NAMES,
     ScalingFit,
     alpha_start_values,
@@ -163,7 +166,7 @@ def bootstrap(fit: ScalingFit, *, n_boot: int = 200, resample: str = "points", s
             continue
         log_n, log_d, y = _train_arrays(fit, rows)
         best = minimize_from(_refit_starts(fit, log_n, log_d, y), bounds, log_n, log_d, np.log(y), fit.huber_eps)
-        if best is None:
+        if best is None or not np.isfinite(best.x).all():
             continue
         rows_out.append({"replicate": replicate, **theta_to_params(best.x, fit.form), "objective": float(best.fun)})
     columns = ["replicate", *PARAM_NAMES[fit.form], "objective"]
@@ -208,6 +211,12 @@ def fit_warnings(fit: ScalingFit, profile: Profile | None = None,
                         "alpha, and beta and C adjust to it", alpha))
     if abs(beta) <= BOUND_TOL:
         out.append((f"beta = {beta:.4g} ends on its lower bound 0: the fit finds no decrease with tokens", beta))
+    theta = fit.theta()
+    for name, index in (("B", 0), ("C", 2), ("E", 4))[: theta.size - 2]:
+        if abs(abs(theta[index]) - LOG_COEF_BOX) <= BOUND_TOL * LOG_COEF_BOX:
+            out.append((f"{name} = {fit.params[name]:.4g} ends on its bound exp(±{LOG_COEF_BOX:g}): the fit ran off "
+                        "along a direction the data do not constrain, so the law does not describe these data",
+                        fit.params[name]))
     if profile is not None:
         a, b = profile.range
         lo, hi = profile.interval
@@ -226,9 +235,17 @@ def fit_warnings(fit: ScalingFit, profile: Profile | None = None,
             best = profile.curve.loc[profile.curve["objective"].idxmin(), "alpha"]
             out.append((f"the {fit.procedure} procedure stopped {excess:.1%} above the objective's minimum (the "
                         f"profile reaches it at alpha = {best:.4g}): it did not find the optimum", excess))
+    if boot is not None and len(boot.draws):
+        names = [p for p in ("B", "C", "E") if p in boot.draws.columns]
+        logs = np.log(boot.draws[names].to_numpy(float))
+        boxed = int((np.abs(np.abs(logs) - LOG_COEF_BOX) <= BOUND_TOL * LOG_COEF_BOX).any(axis=1).sum())
+        if boxed:
+            out.append((f"{boxed} of {len(boot.draws)} bootstrap refits ran off to the optimiser's box (a coefficient "
+                        f"at exp(±{LOG_COEF_BOX:g})): the data bound those parameters on one side only, so their "
+                        "intervals reach the box", float(boxed)))
     if boot is not None and boot.requested and len(boot.draws) < boot.requested:
         out.append((f"only {len(boot.draws)} of {boot.requested} bootstrap refits succeeded (the others found no "
-                    f"fittable resample in {MAX_REDRAWS} draws)", float(len(boot.draws))))
+                    f"fittable resample in {MAX_REDRAWS} draws, or no finite optimum)", float(len(boot.draws))))
     return out
 
 

@@ -80,6 +80,14 @@ def _budget_ticks(ax, g: pd.DataFrame) -> None:
     ax.set_xlabel("training tokens (decayed end of each budget)")
 
 
+def _clip_to(ax, values: list[float]) -> None:
+    """Keep the y-axis on the points and fitted curves (a band that runs far off would flatten them)."""
+    if values:
+        lo, hi = min(values), max(values)
+        pad = 0.5 * (hi - lo) or 0.1 * abs(hi) or 0.1
+        ax.set_ylim(lo - pad, hi + pad)
+
+
 def fig2_scaling(eval_df: pd.DataFrame, out_dir, context: int, fit: pd.DataFrame | None = None,
                  n_params: dict[tuple[str, str], float] | None = None, budgets: pd.DataFrame | None = None,
                  draws: pd.DataFrame | None = None) -> list[Path]:
@@ -114,17 +122,21 @@ def fig2_scaling(eval_df: pd.DataFrame, out_dir, context: int, fit: pd.DataFrame
             if metric != "log_longppl" or fit is None:
                 continue
             tokens = np.geomspace(g["tokens"].min(), g["tokens"].max(), 64)
+            shown = list(metric_rows(g, metric)["value"])
             for variant in variant_order(g["variant"]):
                 law, n = fit_form(fit, variant), n_params.get((str(size), variant))
                 if law is None or n is None:
                     continue
                 form, p = law
-                ax.plot(tokens, _law(p, n, tokens), color=pal[variant], ls="--", lw=1.2, label="fitted law (dashed)")
+                curve = _law(p, n, tokens)
+                shown += list(curve[np.isfinite(curve)])
+                ax.plot(tokens, curve, color=pal[variant], ls="--", lw=1.2, label="fitted law (dashed)")
                 band = None if draws is None else prediction_band(draws[draws["variant"] == variant], form, n,
                                                                   tokens, LEVEL)
                 if band is not None:
                     ax.fill_between(tokens, *band, color=pal[variant], alpha=0.15, lw=0,
                                     label="95% bootstrap band (shaded)")
+            _clip_to(ax, shown)
     warned = _has_warnings(fit)
     if warned:
         fig.text(0.5, -0.01, f"Fit warnings for {', '.join(warned)}: see the scaling-fit table of the report.",
@@ -136,10 +148,15 @@ def fig2_scaling(eval_df: pd.DataFrame, out_dir, context: int, fit: pd.DataFrame
 # The scaling-fit table ---------------------------------------------------------------------------------------
 
 
+def _num(v: float) -> str:
+    """4 significant digits, in scientific notation when large or small (fitted coefficients span 1e-40..1e40)."""
+    return "" if not np.isfinite(v) else f"{v:.4g}"
+
+
 def _interval_text(value: float, low: float, high: float) -> str:
     if not np.isfinite(low) or not np.isfinite(high):
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+        return _num(value)
+    return f"{_num(value)} [{_num(low)}, {_num(high)}]"
 
 
 def _size_of(n: float, tables: Tables) -> str:
@@ -157,13 +174,13 @@ def scaling_fit_table(tables: Tables) -> Table:
     for _, r in wide.iterrows():
         row = {"variant": r["variant"], "form": r["form"],
                "procedure": "released" if r["released_procedure"] == 1 else "default"}
-        for name in PARAM_NAMES[r["form"]]:
-            row[name] = _interval_text(r[name], r[f"{name}_low"], r[f"{name}_high"])
-        row["objective"] = fmt(r["objective"])
+        for name in PARAM_NAMES["constant"]:
+            row[name] = _interval_text(r[name], r[f"{name}_low"], r[f"{name}_high"]) if name in r else ""
+        row["objective"] = _num(r["objective"])
         row["held out"] = (f"{_size_of(r['holdout_N'], tables)} ({int(r['n_holdout'])} points): R² "
-                           f"{fmt(r['holdout_loss_r2'])}") if r["n_holdout"] > 0 else "none"
+                           f"{_num(r['holdout_loss_r2'])}") if r["n_holdout"] > 0 else "none"
         profile = (r["profile_alpha_low"], r["profile_alpha_high"])
-        row["alpha profile 95%"] = f"[{fmt(profile[0])}, {fmt(profile[1])}]" if np.isfinite(profile[0]) else ""
+        row["alpha profile 95%"] = f"[{_num(profile[0])}, {_num(profile[1])}]" if np.isfinite(profile[0]) else ""
         row["warnings"] = r["warnings"] or "none"
         display.append(row)
     n_boot = wide["boot_ok"].dropna()
