@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize, nnls
+from scipy.optimize import OptimizeResult, minimize, nnls
 from threadpoolctl import threadpool_limits
 
 FORMS = ("no_constant", "constant")
@@ -152,6 +152,7 @@ class ScalingFit:
 
 
 def params_to_theta(params: dict[str, float], form: str) -> np.ndarray:
+    """(log B, alpha, log C, beta[, log E]) of a parameter dict."""
     theta = [math.log(params["B"]), params["alpha"], math.log(params["C"]), params["beta"]]
     if form == "constant":
         theta.append(math.log(params["E"]))
@@ -188,7 +189,8 @@ def huber(r: np.ndarray, eps: float) -> float:
     return float(np.where(abs_r <= eps, 0.5 * r**2, eps * (abs_r - 0.5 * eps)).sum())
 
 
-def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_y: np.ndarray, eps: float):
+def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_y: np.ndarray,
+              eps: float) -> tuple[float, np.ndarray]:
     """Huber loss of log residuals and its gradient in theta = (a, alpha, c, beta[, e])."""
     t1, t2 = theta[0] - theta[1] * log_n, theta[2] - theta[3] * log_d
     log_pred = np.logaddexp(t1, t2) if theta.size == 4 else np.logaddexp(np.logaddexp(t1, t2), theta[4])
@@ -212,11 +214,14 @@ def nnls_start(alpha: float, beta: float, log_n: np.ndarray, log_d: np.ndarray, 
 
 
 def alpha_start_values(alpha_bounds: tuple[float, float | None]) -> tuple[float, ...]:
+    """Start values of alpha: the bounds' ends and middle, or FREE_ALPHA_STARTS when alpha is free."""
     low, high = alpha_bounds
     return FREE_ALPHA_STARTS if high is None else tuple(np.linspace(low, high, 3))
 
 
-def default_starts(form: str, alpha_bounds, log_n, log_d, y) -> list[np.ndarray]:
+def default_starts(form: str, alpha_bounds: tuple[float, float | None], log_n: np.ndarray, log_d: np.ndarray,
+                   y: np.ndarray) -> list[np.ndarray]:
+    """The default procedure's starting points (module docstring)."""
     constant = form == "constant"
     starts = []
     for alpha, beta in itertools.product(alpha_start_values(alpha_bounds), BETA_STARTS):
@@ -227,7 +232,8 @@ def default_starts(form: str, alpha_bounds, log_n, log_d, y) -> list[np.ndarray]
     return starts
 
 
-def minimize_from(starts: list[np.ndarray], bounds, log_n, log_d, log_y, eps: float):
+def minimize_from(starts: list[np.ndarray], bounds: list[tuple[float | None, float | None]], log_n: np.ndarray,
+                  log_d: np.ndarray, log_y: np.ndarray, eps: float) -> OptimizeResult | None:
     """The best L-BFGS-B optimum (analytic gradient, DEFAULT_OPTIONS) over `starts`; None if none is finite."""
     best = None
     # L-BFGS-B calls BLAS on vectors of 4-5 numbers; a threaded BLAS makes that ~10x slower on a busy machine.
@@ -262,7 +268,8 @@ def released_objective(x: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_
     return float(np.sum(0.5 * quadratic**2 + eps * (abs_r - quadratic)))
 
 
-def released_fit(form: str, alpha_bounds, log_n, log_d, log_y, eps: float) -> tuple[np.ndarray, dict[str, float]]:
+def released_fit(form: str, alpha_bounds: tuple[float, float | None], log_n: np.ndarray, log_d: np.ndarray,
+                 log_y: np.ndarray, eps: float) -> tuple[np.ndarray, dict[str, float]]:
     """The released procedure (see the module docstring); returns theta in this module's order and details."""
     s = RELEASED[form]
     bounds_by_name = {"a": (None, None), "c": (None, None), "e": (None, None), "alpha": tuple(alpha_bounds),
@@ -303,7 +310,8 @@ def _metrics(y_obs: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, fl
     return out
 
 
-def resolve_alpha_bounds(alpha_bounds, form: str, procedure: str) -> tuple[float, float | None]:
+def resolve_alpha_bounds(alpha_bounds: tuple[float, float] | str | None, form: str,
+                         procedure: str) -> tuple[float, float | None]:
     """`alpha_bounds` as (low, high or None): AUTO is the procedure's own (module docstring), None is free."""
     if isinstance(alpha_bounds, str):
         if alpha_bounds != AUTO:

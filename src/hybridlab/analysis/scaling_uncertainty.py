@@ -65,6 +65,8 @@ MAX_REDRAWS = 20  # per requested replicate, before giving up on a data set that
 
 @dataclass
 class Bootstrap:
+    """The refits of one fit (module docstring) and how they were drawn."""
+
     draws: pd.DataFrame  # (replicate, B, alpha, C, beta[, E], objective), one row per successful refit
     requested: int
     redrawn: int
@@ -82,6 +84,8 @@ class Bootstrap:
 
 @dataclass
 class Profile:
+    """The objective minimised at each alpha of a grid, read as a likelihood ratio (module docstring)."""
+
     curve: pd.DataFrame  # (alpha, objective, B, C, beta[, E]) at each alpha of the grid
     threshold: float  # on n log(objective / minimum)
     minimum: float
