@@ -16,7 +16,8 @@
     hybridlab lm-eval      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out lmeval.csv
     hybridlab export-hf    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out HF_DIR [--checkpoint P]
     hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
-    hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--metric M] [--forms F,F] [--alpha-bounds L,H]
+    hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--draws-out draws.csv] [--procedure released]
+                           [--metric M] [--forms F,F] [--alpha-bounds L,H] [--bootstrap N] [--log-values]
     hybridlab figures      --scale S --tables TABLE_DIR --out PAPER_DIR [--claims CLAIMS.yaml]
 
 The per-run stages also take Hugging Face models as --run: a folder with a config.json (one checkpoint) or a
@@ -172,26 +173,37 @@ def cmd_export_hf(a) -> None:
 def cmd_scaling_fit(a) -> None:
     import pandas as pd
 
-    from hybridlab.analysis.scaling import fit_table
+    from hybridlab.analysis.scaling import AUTO
     from hybridlab.analysis.scaling_input import load_scaling_input
+    from hybridlab.analysis.scaling_uncertainty import describe_fits, fit_table
     from hybridlab.config import ConfigError
 
     try:
-        bounds = None if a.alpha_bounds == "none" else tuple(float(x) for x in a.alpha_bounds.split(","))
-        if bounds is not None and len(bounds) != 2:
-            raise ValueError
+        if a.alpha_bounds in ("none", AUTO):
+            bounds = None if a.alpha_bounds == "none" else AUTO
+        else:
+            bounds = tuple(float(x) for x in a.alpha_bounds.split(","))
+            if len(bounds) != 2:
+                raise ValueError
     except ValueError:
-        raise ConfigError("--alpha-bounds", a.alpha_bounds, "'LOW,HIGH' (e.g. 0.2,0.3) or 'none'") from None
+        raise ConfigError("--alpha-bounds", a.alpha_bounds, f"'LOW,HIGH' (e.g. 0.2,0.3), '{AUTO}' or 'none'") from None
+    for flag, value, lowest in (("--bootstrap", a.bootstrap, 0), ("--profile-points", a.profile_points, 0)):
+        if value < lowest or value == 1:
+            raise ConfigError(flag, value, "0 (off) or an integer >= 2")
     try:
         table = pd.concat([load_scaling_input(p, metric=a.metric, length=a.length, scale=a.scale,
-                                              variant=a.variant, log_values=a.log_values) for p in a.table],
-                          ignore_index=True)
-        fit = fit_table(table, forms=tuple(a.forms.split(",")), alpha_bounds=bounds,
-                        holdout=None if a.holdout == "none" else a.holdout)
+                                              variant=a.variant, log_values=a.log_values, overrides=a.overrides)
+                           for p in a.table], ignore_index=True)
+        fit = fit_table(table, forms=tuple(a.forms.split(",")), alpha_bounds=bounds, procedure=a.procedure,
+                        holdout=None if a.holdout == "none" else a.holdout, n_boot=a.bootstrap,
+                        resample=a.resample, seed=a.seed, profile_points=a.profile_points)
     except ValueError as e:  # the table's content does not allow the fit: say why, like the other user errors
         print(f"hybridlab scaling-fit: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    _write(a, fit)
+    print("\n".join(describe_fits(fit.summary)))
+    _write(a, fit.summary)
+    if a.draws_out:
+        _write(a, fit.draws, a.draws_out)
 
 
 ANALYZE_EXTRA = ("trajectory", "traced", "onset", "masking")  # tables `analyze` writes besides heads.csv, when asked
@@ -393,16 +405,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train_branch)
     p = sub.add_parser("scaling-fit", help="fit L(N, D) = B/N^alpha + C/D^beta [+ E] to scaling tables")
     p.add_argument("--table", nargs="+", required=True,
-                   help="TSV/CSV of (size, N, D, loss), a tidy table with N, or the pipeline's eval.csv")
+                   help="TSV/CSV of (size, N, D, loss), the authors' released TSV (model_size, token_multiplier, "
+                        "n, loss), a tidy table with N, or the pipeline's eval.csv / budgets.csv")
     p.add_argument("--out", required=True, help="fit CSV: (variant, form, kind, name, value)")
     p.add_argument("--metric", default="log_longppl", help="metric of tidy/eval tables (default log_longppl)")
     p.add_argument("--length", type=int, help="eval tables: the length, when the metric has several")
     p.add_argument("--scale", help="eval tables: their scale (default: from the path results/<scale>/...)")
     p.add_argument("--variant", help="fit only this variant")
     p.add_argument("--forms", default="no_constant,constant", help="comma-separated: no_constant, constant")
-    p.add_argument("--alpha-bounds", default="0.2,0.3", help="'LOW,HIGH' or 'none' (free alpha >= 0)")
-    p.add_argument("--holdout", choices=["largest", "none"], default="largest")
-    p.add_argument("--log-values", action="store_true", help="values are LongPPL: fit their log")
+    p.add_argument("--procedure", choices=["default", "released"], default="default",
+                   help="default: analytic-gradient L-BFGS-B, tight tolerances; released: the authors' "
+                        "fit_scaling.py procedure (its grid, finite differences, tolerances, refinement)")
+    p.add_argument("--alpha-bounds", default="auto",
+                   help="'LOW,HIGH', 'none' (free alpha >= 0) or 'auto' (default: 0.2,0.3; the released "
+                        "procedure's constant form leaves alpha free, as the release does)")
+    p.add_argument("--holdout", choices=["largest", "none"], default="largest",
+                   help="largest: hold out every row of the largest N (the authors' --validate)")
+    p.add_argument("--log-values", action="store_true",
+                   help="values are LongPPL: fit their log (the release's --longppl; its swa128_longppl.tsv needs it)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for the intervals (0: none)")
+    p.add_argument("--resample", choices=["points", "sizes"], default="points",
+                   help="what the bootstrap resamples: rows, or whole model sizes")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
+    p.add_argument("--profile-points", type=int, default=21, help="alpha values of the profile (0: none)")
+    p.add_argument("--draws-out", help="also write the bootstrap draws (the band of Fig. 2) to this CSV")
+    p.add_argument("overrides", nargs="*", help="eval tables: the scale's Hydra overrides (they may change N)")
     p.set_defaults(fn=cmd_scaling_fit)
     p = sub.add_parser("aggregate", help="concatenate per-run tables")
     p.add_argument("--kind", choices=sorted(AGGREGATE_COLUMNS), required=True)

@@ -101,7 +101,7 @@ def test_scaling_fit_recovers_a_known_law(tmp_path):
     df.to_csv(tmp_path / "law.tsv", sep="\t", index=False)
     out = tmp_path / "fit.csv"
     assert main(["scaling-fit", "--table", str(tmp_path / "law.tsv"), "--out", str(out), "--forms",
-                 "no_constant"]) == 0
+                 "no_constant", "--bootstrap", "0", "--profile-points", "0"]) == 0
     fit = pd.read_csv(out).set_index("name")["value"]
     assert fit["alpha"] == pytest.approx(0.25, abs=0.01) and fit["beta"] == pytest.approx(0.33, abs=0.01)
     assert fit["holdout_log_r2"] > 0.99
