@@ -314,6 +314,7 @@ RULES: dict[str, Rule] = {
     "eval.niah_lengths": list_of(number(0, open_lo=True)),
     "eval.niah_samples": integer(1),
     "eval.niah_lengths_all_checkpoints": optional(BOOL),
+    "eval.group_runs": optional(BOOL),
     "eval.niah_depth_range": Rule(lambda v: isinstance(v, list | ListConfig) and len(v) == 2
                                   and all(_is_num(x) for x in v) and 0 <= v[0] <= v[1] <= 1,
                                   "[lo, hi] with 0 <= lo <= hi <= 1 (fractions of the haystack)"),

@@ -252,6 +252,14 @@ def table_stamp(cfg: DictConfig, manifest: dict) -> dict:
             "eval": fingerprint(evaluation), "variant": str(cfg.variant.name), "seed": int(cfg.seed)}
 
 
+def check_evaluation(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict:
+    """Before a command evaluates or analyses a run: the data folder and the run must match `cfg` (check_data,
+    check_run); returns the stamp its tables will carry (table_stamp)."""
+    manifest = check_data(data_dir, cfg, "eval")
+    check_run(run_dir, cfg)
+    return table_stamp(cfg, manifest)
+
+
 def write_stamp(table: str | Path, stamp_: dict) -> None:
     from hybridlab.io import write_json
 

@@ -68,7 +68,7 @@ def test_needles_sit_between_sentences_of_the_text(task):
     tok = train_bpe([text], 300)
     assert len(tok.encode(" extraordinary")) > 1  # words span several tokens: a cut could split one
     lang = TextLanguage(tok, tok.encode(text), seed=0)
-    ds = make_evalset(lang, task, 512, 12, depths=[0.13, 0.5, 0.77])
+    ds = make_evalset(lang, task, 512, 12, depth_range=(0.13, 0.77))
     needle_head = tok.encode(lang.TEMPLATES["fact"][0].format(k="x"))[:3]
     needles = after_sentence = 0
     for row in ds.tokens:

@@ -23,7 +23,8 @@ transformers = pytest.importorskip("transformers")
 OVERRIDES = ["scale.context=64", "data.n_train_seqs=8", "data.n_val_seqs=8", "eval.niah_samples=8",
              "eval.niah_lengths=[1.0]", "eval.ruler_tasks=[niah_single]", "eval.ruler_samples=4",
              "eval.probe_samples=48", "eval.val_batches=1", "eval.gradinf_samples=2", "eval.masking_draws=2",
-             "eval.masking_k=[1,2]"]
+             "eval.masking_k=[1,2]",
+             "eval.onset_threshold=1e-6"]  # random weights: every head's mass crosses this, so all trace
 LAYERS, HEADS = 2, 4
 COMMANDS = {"evaluate": "eval", "receptive": "receptive", "probe": "probe", "gradinf": "gradinf"}
 
@@ -33,7 +34,7 @@ def run_all(data: Path, run: Path, out: Path, variant: str) -> dict[str, Path]:
     paths = {kind: out / name for kind, name in RUN_FILES.items()}
     for cmd, kind in COMMANDS.items():
         assert main([cmd, "--out", str(paths[kind]), *args]) == 0, cmd
-    extra = [f"--{k}={paths[k]}" for k in ("trajectory", "onset", "masking")]
+    extra = [f"--{k}={paths[k]}" for k in ("trajectory", "traced", "onset", "masking")]
     assert main(["analyze", "--out", str(paths["heads"]), *extra, *args]) == 0
     return paths
 

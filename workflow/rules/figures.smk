@@ -1,7 +1,8 @@
 # Stage 5: result tables (the only input of figures), every figure and table, and the replication report.
 #   figures       the default: tables made by this DAG -> paper/{scale}/
 #   figures_only  rebuild paper/{scale}/ from the tables already in {results_dir}/{scale}/tables/, nothing else
-#                 (`snakemake --cores 1 figures_only --config scale=mini results_dir=results`; `make figures`)
+#                 (`snakemake --cores 1 figures_only --config scale=mini results_dir=results`; `make figures` runs
+#                 `hybridlab figures` itself: Snakemake would delete the old paper/{scale}/ before a rebuild)
 # Browsable report with every figure, caption and table: `snakemake --report paper/{scale}/snakemake_report.html`
 # (after `figures_only`, name it as the target too: `snakemake figures_only --report ...`).
 import sys
@@ -13,8 +14,10 @@ from hybridlab.figures import FIGURES, TABLE_NAMES
 # only when eval.lm_eval.run asks for tasks.
 TABLE_KINDS = {**RUN_FILES, **(OPTIONAL_RUN_FILES if LM_EVAL else {}), "train": "metrics.csv"}
 TABLES_DIR = f"{RES}/tables"
-# Tables no per-run rule makes; figures use them when present (the Fig. 2 fitted curves).
-OPTIONAL_TABLES = ("scaling_fit", *(k for k in OPTIONAL_RUN_FILES if k not in TABLE_KINDS))
+# Tables no per-run rule makes; figures use them when present (Fig. 2: the budget points, the fitted law and its
+# bootstrap band; the report's scaling-fit table and the grid's C1 check; the optional per-run tables, lmeval).
+SCALING_TABLES = ("budgets", "scaling_fit", "scaling_draws")
+OPTIONAL_TABLES = (*SCALING_TABLES, *(k for k in OPTIONAL_RUN_FILES if k not in TABLE_KINDS))
 # With figures_only among the targets the rules that make tables are left out, so the tables are plain inputs
 # and nothing upstream (training, evaluation) can be scheduled, whatever the state of the runs folder.
 FIGURES_ONLY = "figures_only" in sys.argv[1:]
@@ -67,7 +70,8 @@ if not FIGURES_ONLY:
 
     if BUDGETS:
 
-        # The scaling grid: the decayed end of every budget branch, then the fit of L(N, D) across sizes.
+        # The scaling grid: the decayed end of every budget branch, then the fit of L(N, D) across sizes with its
+        # bootstrap intervals (draws: the band of Fig. 2); the largest size is held out (analysis/scaling.py).
         rule budgets_table:
             input:
                 branch_outputs("eval.csv"),
@@ -84,13 +88,17 @@ if not FIGURES_ONLY:
             input:
                 rules.budgets_table.output,
             output:
-                f"{TABLES_DIR}/scaling_fit.csv",
+                fit=f"{TABLES_DIR}/scaling_fit.csv",
+                draws=f"{TABLES_DIR}/scaling_draws.csv",
+            params:
+                common=COMMON,
             log:
                 f"{RES}/logs/scaling_fit.log",
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab scaling-fit --table {input:q} --out {output:q} > {log:q} 2>&1"
+                "hybridlab scaling-fit --table {input:q} --out {output.fit:q} --draws-out {output.draws:q} {params.common} "
+                "> {log:q} 2>&1"
 
     rule describe:
         output:
@@ -108,7 +116,7 @@ if not FIGURES_ONLY:
 rule figures:
     input:
         tables=expand(f"{TABLES_DIR}/{{kind}}.csv", kind=TABLE_KINDS),
-        fit=[f"{TABLES_DIR}/scaling_fit.csv"] if BUDGETS and len(SIZES) > 1 else [],
+        fit=expand(f"{TABLES_DIR}/{{name}}.csv", name=SCALING_TABLES) if BUDGETS and len(SIZES) > 1 else [],
         info=f"{TABLES_DIR}/info.json",
     output:
         **PAPER_OUTPUTS,

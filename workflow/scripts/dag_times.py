@@ -5,8 +5,8 @@ finished, in seconds after the run's first job started, and how many jobs it ran
 
 Reads the timestamped `rule NAME:` / `localrule NAME:` lines (a job starts) and `Finished jobid: N (Rule: NAME)`
 lines (a job ends) that Snakemake 9 prints. Stages group rules: train_group_* and train are "train"; evaluate,
-receptive, analyze, probe and gradinf "evaluate + analyses"; table "tables"; figures, report_index and all
-"figures + report".
+receptive, analyze, probe, gradinf and evaluate_group_* "evaluate + analyses"; table "tables"; figures,
+report_index and all "figures + report".
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ EVAL = ("evaluate", "receptive", "analyze", "probe", "gradinf")
 def stage_of(rule: str) -> str:
     if rule.startswith("train"):
         return "train"
-    if rule in EVAL:
+    if rule in EVAL or rule.startswith("evaluate_group"):
         return "evaluate + analyses"
     return STAGES.get(rule, rule)
 

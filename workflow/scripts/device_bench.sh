@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throughput tables of issue 15 on a lent one-GPU machine, in one call (each table written row by row):
-#   mini shape (the mini scale's vocabulary, batch 32 x 2048, compiled): Full alone with a kernel-time profile,
+#   mini shape (the mini scale's vocabulary, batch 64 x 1024, compiled): Full alone with a kernel-time profile,
 #     then two Full processes at once (does sharing one card beat one job?); SWA-128 and GDN alone;
 #   S1 shape at 16K, batch 4: Full, Mamba-2, GDN (eager: the recurrent mixers' state passing in the Triton kernel);
 #   S5 shape at 16K, batch 1, compiled: Full and SWA-128 (MFU; SWA-128's speed-up over Full).
@@ -15,7 +15,7 @@ bench() {  # bench OUTCSV ARGS...: one table, cut at the deadline
   timeout "$(until_end)" python3 -m hybridlab.cli benchmark --out "$W/$out" "$@" >> "$W/log.txt" 2>&1
   echo "$out exit $? at t=$(( $(date +%s) - T0 ))s" | tee -a "$W/log.txt"
 }
-MINI="--scale mini --sizes mini --context 2048 --batch 32 --steps 20 --compile"
+MINI="--scale mini --sizes mini --context 1024 --batch 64 --steps 20 --compile"
 bench mini_full.csv $MINI --variants full --profile
 bench mini_full_x2.csv $MINI --variants full --concurrent 2
 bench mini_swa_gdn.csv $MINI --variants swa128 gdn

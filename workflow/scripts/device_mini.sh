@@ -7,20 +7,29 @@
 #   wait   waits again (call it right after `start` returns, while the machine is still warm).
 # Each returns before WAIT seconds (default 570); the one that sees the DAG end packs the tables, logs, the
 # per-run CSVs, the report and its figures into $OUT/mini.tgz and prints the wall time.
-# Usage (repo root): bash workflow/scripts/device_mini.sh start   then   bash workflow/scripts/device_mini.sh wait
+# SCALE=mini_grid (another one-GPU preset) runs that scale's DAG with the same GPU and training slots instead.
+# Usage (repo root): [SCALE=S] bash workflow/scripts/device_mini.sh start   then   ... wait
 set -uo pipefail
 T0=$(date +%s)
+export SCALE=${SCALE:-mini}
 source workflow/scripts/device_env.sh
 W=/tmp/mini_run; mkdir -p "$W"
 R=/tmp/hl
+if [ "$SCALE" = mini ]; then
+  RUN="make replicate-mini NO_VENV=1"
+else
+  RUN="env HYBRIDLAB_JOBS_PER_GPU=4 HYBRIDLAB_TRAIN_LOCK=/tmp/hybridlab-train-{gpu}.lock snakemake --cores all \
+    --resources gpu=4 train=2 --config scale=$SCALE"
+fi
 if [ "${1:-}" = start ]; then
   rm -rf "$W"/* "$R"; mkdir -p "$R"
-  tar cf - --exclude=./.whl --exclude=./.git --exclude=./results/mini --exclude=./paper/mini . | tar xf - -C "$R"
+  tar cf - --exclude=./.whl --exclude=./.git --exclude="./results/$SCALE" --exclude="./paper/$SCALE" . | tar xf - -C "$R"
   nvidia-smi -L > "$W/gpus.txt"; device_versions > "$W/versions.txt"
   date +%s > "$W/t_start"
   setsid bash -c "( while sleep 15; do echo \"t=\$(( \$(date +%s) - $(cat "$W/t_start") ))s \$(nvidia-smi \
       --query-gpu=utilization.gpu,memory.used --format=csv,noheader)\"; done ) > $W/nvidia_smi.log 2>&1 &
-    export PYTHONPATH=/tmp/site:$R/src:$R/kernels:$R; cd $R && make replicate-mini NO_VENV=1 > $W/make.log 2>&1; echo \$? > $W/exit_code; date +%s > $W/t_end" \
+    export PYTHONPATH=/tmp/site:$R/src:$R/kernels:$R; cd $R && $RUN > $W/make.log 2>&1; echo \$? > $W/exit_code; \
+    date +%s > $W/t_end" \
     > /dev/null 2>&1 < /dev/null &
 fi
 deadline=$(( T0 + ${WAIT:-570} ))
@@ -31,11 +40,12 @@ if [ ! -f "$W/t_end" ]; then
   tail -3 "$W/make.log"
   exit 0
 fi
-echo "DAG exit $(cat "$W/exit_code") after $(( $(cat "$W/t_end") - start )) s (make replicate-mini)"
+echo "DAG exit $(cat "$W/exit_code") after $(( $(cat "$W/t_end") - start )) s ($RUN)"
 pkill -f "nvidia-smi --query-gpu" 2>/dev/null
 cd "$R"
-tar czf "$OUT/mini.tgz" -C /tmp mini_run -C "$R" results/mini/tables results/mini/logs \
-  results/mini/data/manifest.json paper/mini $(ls results/mini/runs/*/*/*/*.csv results/mini/runs/*/*/*/*.json 2>/dev/null)
+tar czf "$OUT/$SCALE.tgz" -C /tmp mini_run -C "$R" "results/$SCALE/tables" "results/$SCALE/logs" \
+  "results/$SCALE/data/manifest.json" "paper/$SCALE" $(ls results/"$SCALE"/runs/*/*/*/*.csv \
+  results/"$SCALE"/runs/*/*/*/*.json results/"$SCALE"/runs/*/*/*/budget*/*.csv 2>/dev/null)
 ls -la "$OUT"; tail -5 "$W/make.log"
 # Time left before BENCH_DEADLINE seconds after the DAG's start: the throughput rows of issue 15 that need a card
 # of their own (S1 and S5 shapes at 16K), each cut at the deadline.

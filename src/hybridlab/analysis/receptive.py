@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from hybridlab.analysis.schemas import RECEPTIVE_COLUMNS
-from hybridlab.evals.evaluate import load_val, loss_metrics, token_losses
+from hybridlab.evals.evaluate import load_val, val_losses
 from hybridlab.models import Receptive
 
 
@@ -48,7 +48,7 @@ def receptive_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFram
     rows = []
     for constrained, window, receptive in constraints(receptive_windows(cfg.eval.receptive_windows, context),
                                                       context):
-        losses = token_losses(model, val.tokens, int(cfg.eval.batch_size), device, receptive)
-        for metric, value in loss_metrics(losses, val).items():
+        _, metrics = val_losses(model, val, int(cfg.eval.batch_size), device, receptive)
+        for metric, value in metrics.items():
             rows.append({**base, "constrained": constrained, "window": window, "metric": metric, "value": value})
     return pd.DataFrame(rows, columns=list(RECEPTIVE_COLUMNS))

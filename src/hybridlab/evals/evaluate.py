@@ -65,26 +65,44 @@ class ValSet:
     tokens: np.ndarray  # [n, T]
     dist: np.ndarray  # [n, T] distance to each token's source (0: needs no retrieval)
     key: np.ndarray | None  # [n, T] bool LongPPL key tokens; None for real text without a reference's mask
+    longppl_tokens: np.ndarray | None = None  # [n, T] a LongPPL split of its own (real text: GovReport); `key`
+    # is then over these tokens, else over `tokens`
 
 
 def load_val(cfg, data_dir: str | Path) -> ValSet:
-    """The evaluation's validation sequences: the first eval.val_batches * eval.batch_size of the val split."""
+    """The evaluation's validation sequences: the first eval.val_batches * eval.batch_size of the val split, and
+    as many of the data folder's `longppl` split when it has one (the paper data: C4 for the short-context loss,
+    GovReport for LongPPL), whose key-token mask then gives log_longppl."""
     n = int(cfg.eval.val_batches) * int(cfg.eval.batch_size)
     tokens, dist = load_split(data_dir, "val")
+    lp_split = "longppl" if "longppl" in read_manifest(data_dir)["splits"] else "val"
+    longppl_tokens = np.asarray(load_split(data_dir, "longppl")[0][:n]) if lp_split == "longppl" else None
     try:
-        key = np.asarray(load_key_mask(data_dir, "val")[:n])
+        key = np.asarray(load_key_mask(data_dir, lp_split)[:n])
     except KeyError as e:
         log.warning("%s: log_longppl will be NaN", e.args[0])
         key = None
-    return ValSet(tokens[:n], dist[:n], key)
+    return ValSet(tokens[:n], dist[:n], key, longppl_tokens)
 
 
-def loss_metrics(losses: torch.Tensor, val: ValSet) -> dict[str, float]:
-    """val_loss, val_loss_local and log_longppl of per-token losses [n, T-1] (column i predicts token i + 1)."""
+def loss_metrics(losses: torch.Tensor, val: ValSet, longppl_losses: torch.Tensor | None = None) -> dict[str, float]:
+    """val_loss, val_loss_local and log_longppl of per-token losses [n, T-1] (column i predicts token i + 1);
+    log_longppl from `longppl_losses` (the losses of val.longppl_tokens) when the val set has a LongPPL split."""
     local = torch.from_numpy(np.asarray(val.dist[:, 1:]) == 0)
     key = None if val.key is None else torch.from_numpy(val.key[:, 1:])
+    lp = losses if val.longppl_tokens is None else longppl_losses
     return {"val_loss": losses.mean().item(), "val_loss_local": losses[local].mean().item(),
-            "log_longppl": losses[key].mean().item() if key is not None and key.any() else float("nan")}
+            "log_longppl": lp[key].mean().item() if key is not None and lp is not None and key.any()
+            else float("nan")}
+
+
+def val_losses(model: HybridLM, val: ValSet, batch: int, device: torch.device,
+               receptive: Receptive | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token losses of the val tokens and `loss_metrics` (one more pass over the LongPPL split if any)."""
+    losses = token_losses(model, val.tokens, batch, device, receptive)
+    lp = (None if val.longppl_tokens is None
+          else token_losses(model, val.longppl_tokens, batch, device, receptive))
+    return losses, loss_metrics(losses, val, lp)
 
 
 def position_buckets(context: int, first: int) -> list[int]:
@@ -164,8 +182,8 @@ def evaluate_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFrame
     rows = []
     for i, (model, info) in enumerate(iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device)):
         base = {"variant": cfg.variant.name, "seed": int(cfg.seed), **info}
-        losses = token_losses(model, val.tokens, batch, device)
-        for metric, value in loss_metrics(losses, val).items():
+        losses, metrics = val_losses(model, val, batch, device)
+        for metric, value in metrics.items():
             rows.append({**base, "metric": metric, "length": manifest["context"], "value": value})
         # column i of `losses` predicts the token at position i + 1, so the buckets are by position
         for high, value in bucket_means(losses, int(cfg.eval.pos_bucket_min), manifest["context"]).items():

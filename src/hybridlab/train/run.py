@@ -278,6 +278,9 @@ def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str
     $HYBRIDLAB_TRAIN_LOCK set, the runs train while holding that lock (SharedModel)."""
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"train_group: {len(cfgs)} configs for {len(run_dirs)} run folders")
+    for cfg, run_dir in zip(cfgs, run_dirs, strict=True):  # every folder checked before the first run trains
+        check_data(data_dir, cfg, "train")
+        check_resume(run_dir, run_identity(cfg))
     shared = SharedModel(os.environ.get("HYBRIDLAB_TRAIN_LOCK") or None)
     summaries = []
     try:
