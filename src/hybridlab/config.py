@@ -62,7 +62,7 @@ def load_config(
         raise ConfigError("variant", variant, ", ".join(variant_names()))
     if size is not None and size not in model_names():
         raise ConfigError("size", size, ", ".join(model_names()))
-    _check_flag_overrides(overrides or [], size)
+    _check_flag_overrides(overrides or [], {"scale": scale, "variant": variant, "seed": seed, "model": size})
     args = [f"scale={scale}", f"variant={variant}", f"seed={seed}", *(overrides or [])]
     if size is not None:
         args.append(f"model={size}")
@@ -74,20 +74,29 @@ def load_config(
     return cfg
 
 
-# Keys that a flag sets (and, in the workflow, a --config key): an override of one would silently replace the
-# flag's value, e.g. every variant's folder training the overridden variant.
+# Keys that a flag sets (and, in the workflow, a --config key). Hydra applies overrides after the flags' values,
+# so an override that contradicts a flag would silently win (a DAG in which every variant's folder trains the
+# overridden variant); one that repeats the flag's value changes nothing. `model=` without --size picks the size.
 FLAG_KEYS = {"scale": ("--scale", "scale=S"), "variant": ("--variant", "variants=[V, ...]"),
-             "seed": ("--seed", "seeds=[N, ...]"), "model": ("--size", "scale.sizes in the scale preset")}
+             "seed": ("--seed", "seeds=[N, ...]"), "model": ("--size", "overrides=[scale.sizes=[SIZE,...]]")}
 
 
-def _check_flag_overrides(overrides: list[str], size: str | None) -> None:
+def _check_flag_overrides(overrides: list[str], flags: dict[str, Any]) -> None:
+    """Refuse an override of a flag-set key (FLAG_KEYS) whose value differs from the flag's, naming both."""
     for arg in overrides:
-        lhs, _, rhs = str(arg).partition("=")
+        lhs, sep, rhs = str(arg).partition("=")
         key = lhs.lstrip("+~")
-        if key in FLAG_KEYS and (key != "model" or size is not None):
-            flag, workflow = FLAG_KEYS[key]
-            raise ConfigError(key, rhs or arg, f"the {flag} flag, not an override (it would silently replace the "
-                              f"flag's value; in the workflow: --config {workflow})")
+        if key not in FLAG_KEYS or (key == "model" and flags["model"] is None):
+            continue
+        value = rhs.strip().strip("'\"")
+        if key == "seed" and re.fullmatch(r"[+-]?\d+", value):
+            value = int(value)
+        if sep and not lhs.startswith("~") and str(value) == str(flags[key]):
+            continue  # the flag's own value, repeated
+        flag, workflow = FLAG_KEYS[key]
+        raise ConfigError(key, value if sep else arg, f"{flags[key]!r}, the value of {flag} (the override {arg!r} "
+                          f"contradicts the flag and would silently replace it: give the value with {flag} alone; "
+                          f"in the workflow: --config {workflow})")
 
 
 def _override_value(args: list[str], key: str) -> Any:
@@ -408,6 +417,11 @@ def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     return len(key) == len(pattern) and all(p in ("*", k) for k, p in zip(key, pattern, strict=True))
 
 
+def _empty(node: Any) -> bool:
+    """A section set to null or {} (e.g. a preset clearing `scale.seed_counts`)."""
+    return node is not None and (node._is_none() or (isinstance(node, DictConfig) and len(node) == 0))
+
+
 def check_unknown_keys(cfg: DictConfig) -> None:
     """Every key of the composed config must be one that hybridlab reads: a misspelled key in a user's YAML
     (`sink_tokens: 4` in a variant file, `warmup_step: 5`) or a `+key=` override is refused, with the closest
@@ -422,16 +436,16 @@ def check_unknown_keys(cfg: DictConfig) -> None:
             if any(p[-1] == "**" and _matches(key, p) for p in patterns):
                 continue
             child = node._get_node(name) if isinstance(node, DictConfig) else None
-            if isinstance(child, DictConfig) and not child._is_none() and len(child) and any(
-                    len(p) > len(key) and _matches(key, p[:len(key)]) for p in patterns):
+            is_section = any(len(p) > len(key) and _matches(key, p[:len(key)]) for p in patterns)
+            if is_section and isinstance(child, DictConfig) and not _empty(child):
                 walk(child, key)
                 continue
-            if not any(_matches(key, p) for p in patterns):
+            if not any(_matches(key, p) for p in patterns) and not (is_section and _empty(child)):
                 dotted = ".".join(key)
                 known = [".".join(p) for p in patterns if p[0] == key[0] and "*" not in p and "**" not in p]
                 near = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
-                section = f"the keys of {key[0]}" if len(key) > 1 else "the config's sections"
-                hint = f"did you mean '{near[0]}'?" if near else f"see {section} in conf/"
+                where = f"the keys of {key[0]}" if len(key) > 1 else "the config's sections"
+                hint = f"did you mean '{near[0]}'?" if near else f"see {where} in conf/"
                 value = OmegaConf.select(cfg, dotted, default=None, throw_on_resolution_failure=False)
                 raise ConfigError(dotted, value, f"a key that hybridlab reads ({hint})")
 

@@ -16,7 +16,7 @@ import pytest
 
 from hybridlab.cli import main
 
-from .helpers import TINY, run_cli, train_argv
+from .helpers import REPO, TINY, run_cli, train_argv
 
 STEPS = "train.steps=8"  # the trained_run fixture's length
 
@@ -264,19 +264,52 @@ def test_tampered_manifest_never_removes_or_reads_files_outside_the_folder(tmp_p
 
 # --- 6. overrides of what a flag sets -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("override", "key", "flag"), [
-    ("variant=swa128", "variant", "--variant"), ("seed=3", "seed", "--seed"), ("scale=mini", "scale", "--scale"),
-    ("+seed=3", "seed", "--seed"), ("model=mini", "model", "--size"),
+@pytest.mark.parametrize(("override", "key", "got", "flag_value"), [
+    ("variant=swa128", "variant", "'swa128'", "'full', the value of --variant"),
+    ("seed=3", "seed", "3", "0, the value of --seed"), ("+seed=3", "seed", "3", "0, the value of --seed"),
+    ("++seed=3", "seed", "3", "0, the value of --seed"), ("seed='1'", "seed", "1", "0, the value of --seed"),
+    ("~seed", "seed", "'~seed'", "0, the value of --seed"),
+    ("scale=mini", "scale", "'mini'", "'smoke', the value of --scale"),
+    ("model=mini", "model", "'mini'", "'tiny', the value of --size"),
 ])
-def test_override_of_a_flag_is_refused(override, key, flag, tmp_path, tiny_data, capsys):
+def test_override_contradicting_a_flag_is_refused_naming_both_values(override, key, got, flag_value, tmp_path,
+                                                                      tiny_data, capsys):
     run = tmp_path / "run"
     argv = [*train_argv(tiny_data, run, "full", 0, STEPS, override), "--size", "tiny"]
-    refused(argv, capsys, f"config key '{key}'", f"the {flag} flag, not an override")
+    refused(argv, capsys, f"config key '{key}': got {got}", flag_value, override, "contradicts the flag")
     assert not run.exists()
 
 
+def test_override_repeating_a_flag_changes_nothing_and_trains(tmp_path, tiny_data):
+    from hybridlab.config import load_config
+
+    cfg = load_config("smoke", "swa128", 2, ["variant=swa128", "seed=2", "scale=smoke"], "tiny")
+    assert (cfg.variant.name, cfg.seed, cfg.scale.name, cfg.model.name) == ("swa128", 2, "smoke", "tiny")
+    run = tmp_path / "run"
+    assert run_cli([*train_argv(tiny_data, run, "full", 0, "train.steps=3", "variant=full", "seed=0")],
+                   tmp_path / "log") == 0
+    assert json.loads((run / "provenance.json").read_text())["identity"]["variant.name"] == "full"
+
+
+def test_workflow_with_a_variant_override_is_refused_before_any_job(tmp_path):
+    """The red-team DAG: every variant folder trained swa128. The config check refuses it up front."""
+    import yaml
+
+    from hybridlab.config import ConfigError, check_workflow_config
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), "variants": ["full", "swa128"],
+              "overrides": ["variant=swa128"]}
+    with pytest.raises(ConfigError, match=r"got 'swa128'; allowed: 'full', the value of --variant"):
+        check_workflow_config(config, schema)
+    config["overrides"] = ["seed=0"]  # the first seed, repeated: harmless
+    assert check_workflow_config(config, schema)["variants"] == ["full", "swa128"]
+
+
 def test_describe_refuses_a_variant_override(tmp_path, capsys):
-    refused(["describe", "--out", str(tmp_path / "info.json"), "variant=swa128"], capsys, "config key 'variant'")
+    refused(["describe", "--out", str(tmp_path / "info.json"), "variant=swa128"], capsys, "config key 'variant'",
+            "'full', the value of --variant")
+    assert not (tmp_path / "info.json").exists()
 
 
 # --- 7. checkpoints the run did not write ---------------------------------------------------------------------

@@ -120,16 +120,16 @@ def test_scaling_fit_reads_an_eval_table_and_explains_what_is_missing(run, tmp_p
     assert np.isfinite(table["N"]).all()
 
 
-def test_evaluate_group_writes_exactly_the_tables_of_the_single_stages(run, tmp_path):
+def test_evaluate_group_writes_exactly_the_tables_of_the_single_stages(run, tmp_path, finish_run):
     """One process for every per-run stage of several runs gives, per run, the files the single stages give."""
     import shutil
 
     src = run["eval"].parent
     runs = [tmp_path / "runs" / "tiny" / VARIANT / f"seed{i}" for i in (0, 1)]
-    for r in runs:
+    for seed, r in enumerate(runs):  # the same weights, marked as the runs of seeds 0 and 1
         r.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src / "ckpt", r / "ckpt")
-        shutil.copy(src / "train_done.json", r / "train_done.json")
+        finish_run(r, load_config("smoke", VARIANT, seed, OVERRIDES))
     data = run["args"][run["args"].index("--data") + 1]
     assert main(["evaluate-group", *OVERRIDES, "--variant", VARIANT, "--seeds", "0", "0", "--data", data,
                  "--runs", *map(str, runs)]) == 2  # seeds must be distinct: refused, nothing written
