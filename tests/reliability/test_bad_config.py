@@ -79,7 +79,7 @@ CASES = [
     ("flash-attn on a CPU machine", [*DESCRIBE, "model.attn_backend=flash"], "model.attn_backend", "flash"),
     ("fla on a CPU machine", [*TRAIN, "--variant", "gdn", "model.mixer_backend=fla"], "model.mixer_backend", "fla"),
     ("variant override beside --variant", [*TRAIN, "--variant", "full", "variant=swa128"], "variant", "swa128"),
-    ("seed override beside --seed", [*TRAIN, "--variant", "full", "seed=3"], "seed", "3"),
+    ("seed override beside --seed", [*TRAIN, "--variant", "full", "seed=3"], "seed", 3),
     ("scale override beside --scale", [*DESCRIBE, "scale=mini"], "scale", "mini"),
     ("variant name other than its file's", [*TRAIN, "--variant", "swa128", "variant.name=full"], "variant.name",
      "full"),

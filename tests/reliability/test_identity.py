@@ -366,3 +366,24 @@ def test_second_trainer_on_a_locked_folder_is_refused(interrupted, tiny_data, ca
                 "held by pid 4242 on elsewhere")
         assert snapshot(interrupted) == before
     assert run_cli(train_argv(tiny_data, interrupted, "swa128", 0, STEPS), interrupted.parent / "log") == 0
+
+
+def test_workflow_refuses_a_data_folder_of_other_settings_before_any_job(tmp_path, tiny_data):
+    """With `rerun-triggers: mtime` a changed data override did not re-run prepare_data, so new runs trained on
+    the old data. The DAG's config check compares the data folder with the config; --forcerun prepare_data is the
+    deliberate rebuild."""
+    from .helpers import snakemake
+
+    data = tmp_path / "results" / "smoke" / "data"
+    shutil.copytree(tiny_data, data)
+    before = snapshot(data)
+    overrides = "overrides=" + json.dumps([*TINY, "data.corpus_seed=99"])
+    proc = snakemake(tmp_path, "-n", "--config", overrides)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("bad configuration: ")]
+    assert len(lines) == 1 and "config key 'data.corpus_seed': got 99" in lines[0], proc.stdout + proc.stderr
+    assert "allowed: 1234, the value data folder results/smoke/data was prepared with" in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr and snapshot(data) == before
+    assert snakemake(tmp_path, "-n", "--forcerun", "prepare_data", "--config", overrides).returncode == 0
+    same = "overrides=" + json.dumps(TINY)  # the folder's own settings: accepted
+    assert snakemake(tmp_path, "-n", "--config", same).returncode == 0, "the correct DAG is refused"

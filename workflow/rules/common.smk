@@ -17,9 +17,18 @@ except ConfigError as e:
     sys.exit(f"bad configuration: {e}")
 RES = f"{config['results_dir']}/{config['scale']}"
 # An existing data folder prepared with other settings (a changed data override, which `rerun-triggers: mtime`
-# does not see) is refused here too: its runs were trained on it. `--forcerun prepare_data` rebuilds it on purpose.
-_DAG = getattr(workflow, "dag_settings", None)
-if _DAG is not None and "prepare_data" not in _DAG.forcerun and not _DAG.forceall:
+# does not see) is refused here too: its runs were trained on it. `--forcerun prepare_data` (or --forceall)
+# rebuilds it on purpose. Checked in the main Snakemake process only (a cluster job re-reads this file), and
+# from the command line: Snakemake has not set workflow.dag_settings when it reads the Snakefile.
+def _forced(rule):
+    args = sys.argv[1:]
+    if {"-F", "--forceall"} & set(args):
+        return True
+    flags = [i for i, a in enumerate(args) if a in ("-R", "--forcerun") or a.startswith("--forcerun=")]
+    return any(rule in args[i + 1:] or args[i] == f"--forcerun={rule}" for i in flags)
+
+
+if workflow.is_main_process and not _forced("prepare_data"):
     try:
         check_workflow_data(f"{RES}/data", config["scale"], config["overrides"])
     except (ConfigError, CorruptFileError) as e:
