@@ -387,3 +387,20 @@ def test_workflow_refuses_a_data_folder_of_other_settings_before_any_job(tmp_pat
     assert snakemake(tmp_path, "-n", "--forcerun", "prepare_data", "--config", overrides).returncode == 0
     same = "overrides=" + json.dumps(TINY)  # the folder's own settings: accepted
     assert snakemake(tmp_path, "-n", "--config", same).returncode == 0, "the correct DAG is refused"
+
+
+def test_group_commands_check_every_folder_before_the_first_run(tmp_path, trained_run, interrupted, tiny_data,
+                                                               capsys):
+    """evaluate-group and train-group: a folder of another run among several is refused before any run is
+    evaluated or trained (the first folder is left as it was)."""
+    runs = [Path(shutil.copytree(trained_run, tmp_path / f"seed{i}")) for i in (0, 1)]  # both hold seed 0's run
+    before = [snapshot(r) for r in runs]
+    refused(["evaluate-group", *TINY, STEPS, "--variant", "swa128", "--seeds", "0", "1", "--data", str(tiny_data),
+             "--runs", *map(str, runs)], capsys, "config key 'seed (--seed)': got 1", "allowed: 0",
+            str(runs[1]))
+    assert [snapshot(r) for r in runs] == before
+    started = snapshot(interrupted)
+    refused(["train-group", *TINY, STEPS, "--variant", "swa128", "--seeds", "0", "1", "--data", str(tiny_data),
+             "--outs", str(interrupted), str(runs[1])], capsys, "config key 'seed (--seed)': got 1",
+            str(runs[1]))
+    assert snapshot(interrupted) == started and snapshot(runs[1]) == before[1]
