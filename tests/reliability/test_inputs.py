@@ -153,6 +153,30 @@ def test_malformed_record_through_prepare_data_is_one_line(tmp_path, capsys):
     assert rc == 2 and f"{tmp_path}/docs.jsonl:41: not a JSON object" in err and "Traceback" not in err, err
 
 
+# --- memory: a run that cannot fit is refused before it starts ----------------------------------------------
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_anything_is_written(tmp_path, tiny_data, monkeypatch,
+                                                                             capsys):
+    import hybridlab.train.memory as memory
+    from hybridlab.cli import main
+    from hybridlab.config import load_config
+
+    from .helpers import TINY, run_cli, train_argv
+
+    cfg = load_config("smoke", "swa128", 0, list(TINY))
+    need = memory.training_bytes(cfg, 501)
+    with_more = load_config("smoke", "swa128", 0, [*TINY, "train.micro_batch_size=8"])
+    assert memory.training_bytes(with_more, 501) > need > 12 * 4 * 12 * 64 * 64  # at least 12 B per layer weight
+    monkeypatch.setattr(memory, "device_bytes", lambda cfg: (need - 1, "a test device"))
+    run = tmp_path / "run"
+    assert main(train_argv(tiny_data, run, "swa128", 0, "train.steps=3")) == 2
+    err = capsys.readouterr().err
+    assert "config key 'train.micro_batch_size': got 4" in err and "a test device has" in err, err
+    assert "Traceback" not in err and not run.exists()
+    monkeypatch.undo()
+    assert run_cli(train_argv(tiny_data, run, "swa128", 0, "train.steps=3"), tmp_path / "log") == 0
+
+
 # --- modes: result files are readable as the umask allows -----------------------------------------------------
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])

@@ -43,6 +43,7 @@ from hybridlab.identity import (
 from hybridlab.io import atomic_path, read_json, write_json, write_table
 from hybridlab.models import HybridLM, build_model
 from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, ckpt_name, fork_path, pl
+from hybridlab.train.memory import check_memory
 from hybridlab.train.schedule import (
     Branch,
     log_spaced_checkpoints,
@@ -198,6 +199,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
     identity = identity or run_identity(cfg)
     check_data(data_dir, cfg, "train")
     changes = check_resume(run_dir, identity, branch, allow)
+    check_memory(cfg, int(read_manifest(data_dir)["vocab_size"]))
     done = run_dir / "train_done.json"
     if done.exists():
         log.info("%s: already trained", run_dir)
@@ -281,6 +283,7 @@ def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str
     for cfg, run_dir in zip(cfgs, run_dirs, strict=True):  # every folder checked before the first run trains
         check_data(data_dir, cfg, "train")
         check_resume(run_dir, run_identity(cfg))
+        check_memory(cfg, int(read_manifest(data_dir)["vocab_size"]))
     shared = SharedModel(os.environ.get("HYBRIDLAB_TRAIN_LOCK") or None)
     summaries = []
     try:
