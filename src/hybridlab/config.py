@@ -57,6 +57,16 @@ def model_names() -> list[str]:
     return _names("model")
 
 
+def variant_labels() -> dict[str, str]:
+    """Each variant's label, the paper's name for it (`label:` of its file, e.g. swa128 -> SWA-128); a file
+    without one is labelled by its name. Reads the files alone (no composition): the figures use it."""
+    labels = {}
+    for name in variant_names():
+        label = OmegaConf.load(CONF_DIR / "variant" / f"{name}.yaml").get("label")
+        labels[name] = str(label) if label else name
+    return labels
+
+
 def load_config(
     scale: str = "smoke", variant: str = "full", seed: int = 0, overrides: list[str] | None = None,
     size: str | None = None,

@@ -99,7 +99,7 @@ def _shown(found: dict[tuple[str, ...], Any], key: str, setting: Setting) -> str
     return "; ".join(f"{'/'.join(names)}: {_text(v, setting.tree, parent)}" for names, v in found.items())
 
 
-def _scale_order(name: str) -> tuple[int, str]:
+def scale_order(name: str) -> tuple[int, str]:
     """The presets from the smallest: smoke, mini..., then the rest (paper last)."""
     return ({"smoke": 0, "paper": 2}.get(name, 1), name)
 
@@ -110,7 +110,7 @@ def reference_rows() -> list[tuple[str, list[Row]]]:
     # Per source, the compositions a default is read from, the first that holds the key (files: data=files).
     bases = {None: {"": synthetic}, "synthetic": {"": synthetic},
              "text": {"": _compose(["~scale", "data=hf"]), "data=files": _compose(["~scale", "data=files"])}}
-    scales = {name: _compose([f"scale={name}"]) for name in sorted(option_names("scale"), key=_scale_order)}
+    scales = {name: _compose([f"scale={name}"]) for name in sorted(option_names("scale"), key=scale_order)}
     sections: dict[str, list[Row]] = {title: [] for title, _ in SECTIONS}
     for key, setting in SETTINGS.items():
         parts = key.split(".")
