@@ -640,8 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", default="paper", metavar="PAPER_DIR", help="the folder holding <scale>/report.md")
     p = _stage(sub, "benchmark", cmd_benchmark, "measure training throughput (tokens/s, MFU, memory) on this "
                "device")
-    p.add_argument("--variants", nargs="+", default=["full", "swa128"], metavar="VARIANT")
-    p.add_argument("--sizes", nargs="+", default=["S1"], metavar="SIZE")
+    p.add_argument("--variants", nargs="+", default=["full", "swa128"], metavar="VARIANT",
+                   help="the variants to measure (`hybridlab list variants`)")
+    p.add_argument("--sizes", nargs="+", default=["S1"], metavar="SIZE",
+                   help="the model sizes to measure (`hybridlab list sizes`)")
     p.add_argument("--context", type=int, default=4096, help="tokens per sequence")
     p.add_argument("--batch", type=int, default=1, help="sequences per step")
     p.add_argument("--steps", type=int, default=5, help="timed steps per row")
