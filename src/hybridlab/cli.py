@@ -56,10 +56,11 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 
 def _key_help(key: str) -> str:
-    """A flag's help text from the one definition of the config key it sets (hybridlab.settings)."""
+    """A flag's help text from the one definition of the config key it sets (hybridlab.settings), without the
+    note saying which flag sets it (this one)."""
     from hybridlab.settings import SETTINGS
 
-    return SETTINGS[key].doc
+    return SETTINGS[key].doc.split(" (set by --")[0]
 
 
 def _scale_arg(p: argparse.ArgumentParser, default: str | None = "smoke", what: str = "") -> None:
