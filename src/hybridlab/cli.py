@@ -400,7 +400,7 @@ def plan_text(plan: dict) -> list[str]:
     lines.append(f"{sum(r['seeds'] for r in runs)} training runs, about {total:,.2f} GPU-hours at "
                  f"{plan.get('assumed_mfu', 0.35):.0%} MFU of {plan.get('peak_tflops', 989)} TFLOP/s "
                  "(params: non-embedding; steps and tokens per run)")
-    lines.append("layouts (kind:role:window per layer, tokens at this context):")
+    lines.append("layouts (per layer kind:role:window of each head, in tokens at this context):")
     lines += [f"  {v}: " + " ".join(layout) for v, layout in plan["layouts"].items()]
     return lines
 
