@@ -1,15 +1,18 @@
-# hybridlab: two set-up commands for a fresh machine, `make replicate` and `make test`.
+# hybridlab: two set-up commands for a fresh machine, `make replicate` and `make test`; `make` alone lists every
+# target (each documented by its `## target: what it does` line).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SCALE  ?= smoke
 CORES  ?= all
 RESULTS ?= results
+PAPER  ?= paper
 # A machine whose Python already holds the environment (a lent GPU image with the wheels installed) sets
 # NO_VENV=1: the targets then use the snakemake on PATH instead of building .venv.
 NO_VENV ?=
 SNAKEMAKE ?= $(if $(NO_VENV),snakemake,$(BIN)/snakemake)
 ENV_DEP := $(if $(NO_VENV),,venv)
+HYBRIDLAB ?= $(if $(NO_VENV),hybridlab,$(BIN)/hybridlab)
 # GPU jobs per card (evaluation and analysis jobs share a card; see workflow/scripts/gpu_lock.py) and training
 # jobs per card: 2, of which one trains while the other compiles on the CPU (HYBRIDLAB_TRAIN_LOCK: one card's
 # trainings take turns; processes time-slicing one GPU train slower together than one alone).
@@ -18,7 +21,13 @@ JOBS_PER_GPU ?= 4
 TRAIN_PER_GPU ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv replicate replicate-mini test lint figures report-html clean-smoke
+.PHONY: help venv replicate replicate-mini test lint figures report-html clean-smoke lock
+.DEFAULT_GOAL := help
+
+## help: list the targets (variables: SCALE=smoke, RESULTS=results, PAPER=paper, CORES=all)
+help:
+	@echo "make TARGET [SCALE=smoke|mini|...] [RESULTS=results] [PAPER=paper]   (hybridlab --help: the CLI)"
+	@sed -n 's/^## \([^:]*\): \(.*\)/  \1\t\2/p' $(MAKEFILE_LIST) | expand -t 18
 
 # The virtual environment, from the pinned lock (torch 2.13.0 CPU build here; a GPU machine keeps its own torch).
 $(BIN)/.installed: pyproject.toml envs/requirements.lock
@@ -28,25 +37,28 @@ $(BIN)/.installed: pyproject.toml envs/requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
+## venv: the virtual environment .venv from the pinned lock (every other target makes it when needed)
 venv: $(BIN)/.installed
 
 ## replicate: run the whole DAG at the smoke scale (or SCALE=mini on a GPU machine); figures + report in paper/
 replicate: $(ENV_DEP)
-	$(SNAKEMAKE) --cores $(CORES) --config scale=$(SCALE)
-	@echo "report: paper/$(SCALE)/report.md"
+	$(SNAKEMAKE) --cores $(CORES) --config scale=$(SCALE) results_dir=$(RESULTS) paper_dir=$(PAPER)
+	@echo "report: $(PAPER)/$(SCALE)/report.md"
 
 ## replicate-mini: the mini scale on this machine's GPUs (about a quarter of an hour on one H200)
 replicate-mini: $(ENV_DEP)
 	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
 	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) HYBRIDLAB_TRAIN_LOCK=$${TMPDIR:-/tmp}/hybridlab-train-{gpu}.lock \
 	  $(SNAKEMAKE) --cores $(CORES) \
-	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) --config scale=mini
-	@echo "report: paper/mini/report.md"
+	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) \
+	  --config scale=mini results_dir=$(RESULTS) paper_dir=$(PAPER)
+	@echo "report: $(PAPER)/mini/report.md"
 
 ## test: the whole test suite (unit, integration smoke DAG, kernels under the Triton interpreter, reliability)
 test: venv
 	$(BIN)/python -m pytest -q
 
+## lint: ruff on the code, snakemake --lint on the workflow
 lint: venv
 	$(BIN)/ruff check src tests kernels workflow
 	$(BIN)/snakemake --lint
@@ -54,11 +66,20 @@ lint: venv
 ## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch);
 ## the new paper/SCALE/ replaces the old one only when complete (Snakemake would delete the old outputs first)
 figures: $(ENV_DEP)
-	hybridlab figures --scale '$(SCALE)' --tables '$(RESULTS)/$(SCALE)/tables' --out 'paper/$(SCALE)'
-	hybridlab report-index --paper paper
+	mkdir -p '$(RESULTS)/$(SCALE)/logs'
+	$(HYBRIDLAB) figures --scale '$(SCALE)' --tables '$(RESULTS)/$(SCALE)/tables' --out '$(PAPER)/$(SCALE)' \
+	  > '$(RESULTS)/$(SCALE)/logs/figures_only.log' 2>&1 || { tail -n 20 '$(RESULTS)/$(SCALE)/logs/figures_only.log'; exit 1; }
+	$(HYBRIDLAB) report-index --paper '$(PAPER)'
 
+## report-html: figures, then the browsable Snakemake report of them: PAPER/SCALE/snakemake_report.html
+report-html: figures
+	$(SNAKEMAKE) --cores 1 --config scale=$(SCALE) results_dir=$(RESULTS) paper_dir=$(PAPER) figures_only=true \
+	  --report $(PAPER)/$(SCALE)/snakemake_report.html
+	@echo "report: $(PAPER)/$(SCALE)/snakemake_report.html"
+
+## clean-smoke: delete the smoke scale's results and paper folders
 clean-smoke:
-	rm -rf results/smoke paper/smoke
+	rm -rf $(RESULTS)/smoke $(PAPER)/smoke
 
 ## lock: regenerate envs/requirements.lock from the current venv
 lock:

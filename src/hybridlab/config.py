@@ -1,17 +1,13 @@
-"""Configuration: composes the packaged Hydra configs and lists the variants and scales.
+"""Configuration: composes the packaged Hydra configs, validates them and lists the variants and scales.
 
-This module is the one source of truth the Snakefile, the CLI and the tests read. It imports no torch, so the
-workflow and the figure rebuild stay light.
+This module is what the Snakefile, the CLI and the tests read; every key's meaning and rule is defined once in
+hybridlab.settings, its values in the YAML files of conf/. It imports no torch, so the workflow and the figure
+rebuild stay light.
 """
 
 from __future__ import annotations
 
-import glob
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +16,22 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-CONF_DIR = Path(str(resources.files("hybridlab") / "conf"))
+# The rules' building blocks are re-exported: modules that check their own keys build rules with them.
+from hybridlab.settings import (  # noqa: F401
+    BOOL,
+    CONF_DIR,
+    GLOBS,
+    TEXT,
+    Rule,
+    existing,
+    integer,
+    list_of,
+    number,
+    one_of,
+    optional,
+    rules,
+)
+from hybridlab.settings import option_names as _names
 
 
 class ConfigError(ValueError):
@@ -31,10 +42,6 @@ class ConfigError(ValueError):
             value = OmegaConf.to_container(value)
         self.key, self.value, self.allowed = key, value, " ".join(str(allowed).split())  # always one line
         super().__init__(f"config key '{key}': got {value!r}; allowed: {self.allowed}")
-
-
-def _names(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def variant_names() -> list[str]:
@@ -48,6 +55,16 @@ def scale_names() -> list[str]:
 
 def model_names() -> list[str]:
     return _names("model")
+
+
+def variant_labels() -> dict[str, str]:
+    """Each variant's label, the paper's name for it (`label:` of its file, e.g. swa128 -> SWA-128); a file
+    without one is labelled by its name. Reads the files alone (no composition): the figures use it."""
+    labels = {}
+    for name in variant_names():
+        label = OmegaConf.load(CONF_DIR / "variant" / f"{name}.yaml").get("label")
+        labels[name] = str(label) if label else name
+    return labels
 
 
 def load_config(
@@ -212,244 +229,24 @@ def _schema_error(error: Any, spec: dict) -> ConfigError:
 _ABSENT = object()
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one config key must hold: `ok(value)` is true; `allowed` says it in words for the error message.
-    An optional key may be absent or null."""
-
-    ok: Callable[[Any], bool]
-    allowed: str
-    optional: bool = False
-
-
-def integer(lo: int = 1, even: bool = False) -> Rule:
-    return Rule(lambda v: _is_int(v) and v >= lo and (not even or v % 2 == 0),
-                f"an {'even ' if even else ''}integer >= {lo}")
-
-
-def number(lo: float | None = None, hi: float | None = None, open_lo: bool = False, open_hi: bool = False) -> Rule:
-    def ok(v: Any) -> bool:
-        return (_is_num(v) and (lo is None or (v > lo if open_lo else v >= lo))
-                and (hi is None or (v < hi if open_hi else v <= hi)))
-
-    if hi is None:
-        text = "a number" if lo is None else f"a number {'>' if open_lo else '>='} {lo:g}"
-    else:
-        text = f"a number in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
-    return Rule(ok, text)
-
-
-def one_of(*names: str) -> Rule:
-    return Rule(lambda v: isinstance(v, str) and v in names, ", ".join(names))
-
-
-def list_of(item: Rule, nonempty: bool = True, length: int | None = None, unique: bool = False) -> Rule:
-    def ok(v: Any) -> bool:
-        return (isinstance(v, ListConfig | list) and all(item.ok(x) for x in v) and (not nonempty or len(v) > 0)
-                and (length is None or len(v) == length) and (not unique or len(set(v)) == len(v)))
-
-    size = f"a list of {length}" if length else ("a non-empty list" if nonempty else "a list")
-    return Rule(ok, f"{size}{' of distinct items' if unique else ''}, each {item.allowed}")
-
-
-def optional(rule: Rule) -> Rule:
-    return Rule(rule.ok, f"null or {rule.allowed}", optional=True)
-
-
-def existing(kind: str) -> Rule:
-    test = Path.is_dir if kind == "folder" else Path.exists
-    return Rule(lambda v: isinstance(v, str) and test(Path(v).expanduser()), f"the path of an existing {kind}")
-
-
-BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
-TEXT = Rule(lambda v: isinstance(v, str) and v.strip() != "" and v != "???", "a non-empty string")
-GLOBS = Rule(lambda v: isinstance(v, ListConfig | list) and len(v) > 0
-             and all(isinstance(p, str) and glob.glob(str(Path(p).expanduser())) for p in v),
-             "a non-empty list of glob patterns, each matching at least one existing file")
-
-# One rule per key, grouped like conf/. Keys that the code reads with a default are optional.
-RULES: dict[str, Rule] = {
-    "seed": integer(0),
-    "scale.context": integer(8),
-    "scale.ref_context": integer(1),
-    "scale.min_window": integer(1),
-    "scale.accelerator": one_of("auto", "cpu", "gpu"),
-    "model.d_model": integer(1),
-    "model.n_layers": integer(1),
-    "model.n_heads": integer(1),
-    "model.head_dim": integer(2, even=True),  # RoPE rotates pairs of channels
-    "model.d_ff": integer(1),
-    "model.rope_theta": number(0, open_lo=True),
-    "model.attn_backend": one_of("auto", "sdpa", "flex", "flash"),
-    "model.mixer_backend": one_of("auto", "torch", "fla"),
-    "data.source": one_of("synthetic", "text"),
-    "data.n_train_seqs": integer(1),
-    "data.n_val_seqs": integer(1),
-    "data.long_threshold": number(0, 1, open_lo=True),
-    "train.steps": integer(1),
-    "train.budget_k": optional(number(0, open_lo=True)),
-    "train.budgets_k": optional(list_of(number(0, open_lo=True), nonempty=False)),
-    "train.decay_frac": optional(number(0, 1, open_lo=True)),
-    "train.batch_size": integer(1),
-    "train.micro_batch_size": integer(1),
-    "train.devices": integer(1),
-    "train.num_nodes": integer(1),
-    "train.optimizer": one_of("adamw", "muon"),
-    "train.lr": number(0, open_lo=True),
-    "train.muon_lr": optional(number(0, open_lo=True)),
-    "train.weight_decay": number(0),
-    "train.betas": list_of(number(0, 1, open_hi=True), length=2),
-    "train.warmup_steps": integer(0),
-    "train.schedule": one_of("cosine", "wsd"),
-    "train.final_lr_ratio": number(0, 1),
-    "train.grad_clip": number(0),
-    "train.precision": one_of("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
-    "train.compile": BOOL,
-    "train.group_seeds": optional(BOOL),
-    "train.n_checkpoints": integer(1),
-    "train.log_every": integer(1),
-    "train.last_every": optional(integer(1)),
-    "train.stop_after": optional(integer(1)),
-    "train.num_workers": integer(0),
-    "train.ckpt_every": optional(integer(1)),
-    "eval.niah_lengths": list_of(number(0, open_lo=True)),
-    "eval.niah_samples": integer(1),
-    "eval.niah_lengths_all_checkpoints": optional(BOOL),
-    "eval.group_runs": optional(BOOL),
-    "eval.niah_depth_range": Rule(lambda v: isinstance(v, list | ListConfig) and len(v) == 2
-                                  and all(_is_num(x) for x in v) and 0 <= v[0] <= v[1] <= 1,
-                                  "[lo, hi] with 0 <= lo <= hi <= 1 (fractions of the haystack)"),
-    "eval.val_batches": integer(1),
-    "eval.batch_size": integer(1),
-    "eval.onset_threshold": optional(number(0, 1, open_lo=True, open_hi=True)),
-    "eval.ruler_samples": optional(integer(0)),
-    "eval.probe_samples": optional(integer(0)),
-    "eval.eval_seed": optional(integer(0)),
-    "eval.pos_bucket_min": optional(integer(1)),
-    "eval.top_heads": optional(integer(1)),
-    "eval.retrieval_query_from_end": optional(Rule(lambda v: _is_int(v) and 1 <= v <= 4,
-                                                   "an integer in [1, 4] (1: the last token; the authors: 2)")),
-    "eval.needle_span": optional(one_of("first", "answer")),
-    "eval.gen_extra_tokens": optional(integer(0)),
-    "eval.lm_eval.run": optional(list_of(TEXT, nonempty=False, unique=True)),
-    "eval.lm_eval.max_length": optional(integer(1)),
-    "eval.lm_eval.batch_size": optional(integer(1)),
-    "eval.lm_eval.max_gen_toks": optional(integer(1)),
-    "eval.lm_eval.num_fewshot": optional(integer(0)),
-    "eval.lm_eval.limit": optional(number(0, open_lo=True)),
-    "eval.lm_eval.bootstrap_iters": optional(integer(0)),
-    "eval.lm_eval.all_checkpoints": optional(BOOL),
-    "eval.lm_eval.include_path": optional(existing("folder")),
-    "eval.ruler_all_checkpoints": optional(BOOL),
-    "eval.probe_all_checkpoints": optional(BOOL),
-    "eval.gradinf_all_checkpoints": optional(BOOL),
-    "eval.probe_C": optional(number(0, open_lo=True)),
-    "eval.probe_test_fraction": optional(number(0, 1, open_lo=True, open_hi=True)),
-    "eval.gradinf_samples": optional(integer(1)),
-    "eval.gradinf_last": optional(integer(1)),
-    "eval.masking_k": optional(list_of(integer(1), unique=True)),
-    "eval.masking_draws": optional(integer(1)),
-    "eval.masking_lengths": optional(list_of(number(0, open_lo=True))),
-    "eval.receptive_windows": optional(list_of(number(0, 1, open_lo=True, open_hi=True))),
-    "scale.assumed_mfu": optional(number(0, 1, open_lo=True)),
-    "scale.peak_tflops": optional(number(0, open_lo=True)),
-    "variant.first_full": integer(0),
-    "variant.sinks": integer(0),
-    "variant.full_rope": BOOL,
-    "variant.efficient_rope": BOOL,
-    "variant.headwise": BOOL,
-}
-SYNTHETIC_RULES: dict[str, Rule] = {
-    "data.long_fraction": number(0, 1),
-    "data.corpus_seed": integer(0),
-    "data.n_words": integer(1),
-    "data.branching": integer(1),
-    "data.branch_probs": list_of(number(0, 1)),
-    "data.zipf_exponent": optional(number(0)),
-    "data.n_keys": integer(1),
-    "data.n_values": integer(1),
-    "data.facts_per_token": number(0),
-    "data.tables_per_token": optional(number(0)),
-    "data.table_size": optional(integer(1)),
-    "data.copies_per_token": optional(number(0)),
-    "data.copy_len": optional(list_of(integer(1), length=2)),
-    "data.min_distance": integer(3),
-    "data.distance_exponent": optional(number()),
-    "data.short_doc_len": number(0, 1, open_lo=True),
-}
-
-
-# Keys a config may hold besides those the rules above check: checked where they are used (the layout, the
-# corpora, the scale's plan, the eval sets) or free-form. In a pattern `*` is any one name; a pattern ending in
-# `.**` holds anything below it (lm-eval's suites and metadata, Hugging Face data_files).
-OTHER_KEYS = (
-    "model.name", "variant.name", "variant.label", "variant.efficient", "variant.ratio", "variant.window",
-    "scale.name", "scale.variants", "scale.seeds", "scale.sizes", "scale.seed_counts.*", "scale.budget_k_by_size.*",
-    "data.distance_dist", "data.n_longppl_seqs", "data.corpora.*", "data.corpora.*.role", "data.corpora.*.take.*",
-    "data.corpora.*.groups", "data.corpora.*.text_field", "data.corpora.*.files", "data.corpora.*.val_fraction",
-    "data.corpora.*.hf", "data.corpora.*.hf.name", "data.corpora.*.hf.config", "data.corpora.*.hf.split",
-    "data.corpora.*.hf.revision", "data.corpora.*.hf.data_files.**", "data.tokenizer.revision",
-    "data.tokenizer.bos_token", "data.tokenizer.pad_token", "data.tokenizer.min_frequency",
-    "data.tokenizer.train_docs", "data.longppl.device", "data.longppl.block", "data.longppl.gain_threshold",
-    "data.longppl.logprob_floor", "data.longppl.short_window", "eval.ruler_tasks", "eval.haystack_file",
-    "eval.lm_eval.suites.**", "eval.lm_eval.metadata.**",
-)
-
-
-def _known_patterns() -> list[tuple[str, ...]]:
-    from hybridlab.data.corpora import text_rules  # the keys of real-text data configs, for a corpus named *
-
-    text = text_rules(OmegaConf.create({"corpora": {"*": {"take": {}}}}))
-    return [tuple(k.split(".")) for k in (*RULES, *SYNTHETIC_RULES, *text, *OTHER_KEYS)]
-
-
-def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
-    if pattern[-1] == "**":
-        return len(key) >= len(pattern) - 1 and _matches(key[:len(pattern) - 1], pattern[:-1])
-    return len(key) == len(pattern) and all(p in ("*", k) for k, p in zip(key, pattern, strict=True))
-
-
-def _empty(node: Any) -> bool:
-    """A section set to null or {} (e.g. a preset clearing `scale.seed_counts`)."""
-    return node is not None and (node._is_none() or (isinstance(node, DictConfig) and len(node) == 0))
-
-
 def check_unknown_keys(cfg: DictConfig) -> None:
-    """Every key of the composed config must be one that hybridlab reads: a misspelled key in a user's YAML
-    (`sink_tokens: 4` in a variant file, `warmup_step: 5`) or a `+key=` override is refused, with the closest
-    known key suggested, instead of leaving the intended setting at its default."""
+    """Every key of the composed config must be one that hybridlab.settings documents: a misspelled key in a
+    user's YAML (`sink_tokens: 4` in a variant file, `warmup_step: 5`) or a `+key=` override is refused, with the
+    closest known key suggested, instead of leaving the intended setting at its default."""
     import difflib
 
-    patterns = _known_patterns()
+    from hybridlab.settings import SETTINGS, undocumented
 
-    def walk(node: Any, prefix: tuple[str, ...]) -> None:
-        for name in node:
-            key = (*prefix, str(name))
-            if any(p[-1] == "**" and _matches(key, p) for p in patterns):
-                continue
-            child = node._get_node(name) if isinstance(node, DictConfig) else None
-            is_section = any(len(p) > len(key) and _matches(key, p[:len(key)]) for p in patterns)
-            if is_section and isinstance(child, DictConfig) and not _empty(child):
-                walk(child, key)
-                continue
-            if not any(_matches(key, p) for p in patterns) and not (is_section and _empty(child)):
-                dotted = ".".join(key)
-                known = [".".join(p) for p in patterns if p[0] == key[0] and "*" not in p and "**" not in p]
-                near = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
-                where = f"the keys of {key[0]}" if len(key) > 1 else "the config's sections"
-                hint = f"did you mean '{near[0]}'?" if near else f"see {where} in conf/"
-                value = OmegaConf.select(cfg, dotted, default=None, throw_on_resolution_failure=False)
-                raise ConfigError(dotted, value, f"a key that hybridlab reads ({hint})")
-
-    walk(cfg, ())
+    unknown = undocumented(OmegaConf.to_container(cfg, resolve=True))
+    if not unknown:
+        return
+    dotted = unknown[0]
+    known = [k for k in SETTINGS if k.split(".")[0] == dotted.split(".")[0] and "*" not in k]
+    near = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+    where = f"the keys of {dotted.split('.')[0]}" if "." in dotted else "the config's sections"
+    hint = f"did you mean '{near[0]}'?" if near else f"see {where} in docs/config.md"
+    value = OmegaConf.select(cfg, dotted, default=None, throw_on_resolution_failure=False)
+    raise ConfigError(dotted, value, f"a key that hybridlab reads ({hint})")
 
 
 def check_schedule(train: Any) -> None:
@@ -512,16 +309,14 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    from hybridlab.data.synthetic import DISTANCE_LAWS  # numpy only; the corpus's own list of laws
-
-    _apply(cfg, RULES)
+    _apply(cfg, rules(None))
     if cfg.eval.get("haystack_file") is not None:
         from hybridlab.data.evalsets import haystack_text  # numpy only: reads and checks the user's file
 
         haystack_text(cfg.eval.haystack_file)
     source = cfg.data.source
     if source == "synthetic":
-        _apply(cfg, {**SYNTHETIC_RULES, "data.distance_dist": one_of(*DISTANCE_LAWS)})
+        _apply(cfg, rules("synthetic"))
         d = cfg.data
         _check(len(d.branch_probs) == d.branching and abs(sum(d.branch_probs) - 1) < 1e-6, "data.branch_probs",
                d.branch_probs, f"data.branching={d.branching} probabilities that sum to 1")
@@ -533,13 +328,6 @@ def _validate(cfg: DictConfig) -> None:
         _apply(cfg, corpora.text_rules(cfg.data))
         corpora.check(cfg.data)
 
-    _apply(cfg, {"scale.variants": list_of(one_of(*variant_names()), unique=True),
-                 "scale.seeds": list_of(integer(0), unique=True),
-                 "scale.sizes": optional(list_of(one_of(*model_names()), unique=True))})
-    from hybridlab.data.evalsets import TASKS  # numpy only
-
-    _apply(cfg, {"eval.ruler_tasks": optional(list_of(one_of(*(t for t in TASKS if t != "probe")), nonempty=False,
-                                                      unique=True))})
     t = cfg.train
     if t.get("budget_k") is None and (cfg.scale.get("budget_k_by_size") or {}).get(cfg.model.name) is None:
         check_schedule(t)  # with a token budget the steps are known once the model is built (resolve_budget)

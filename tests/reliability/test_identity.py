@@ -201,10 +201,12 @@ def test_aggregate_refuses_tables_made_with_other_data_or_another_run(tmp_path, 
 
 def test_variant_file_whose_name_differs_from_its_file_name_is_refused(tmp_path, monkeypatch):
     import hybridlab.config as config
+    import hybridlab.settings as settings
 
     conf = Path(shutil.copytree(config.CONF_DIR, tmp_path / "conf"))
     (conf / "variant" / "swa128b.yaml").write_text((conf / "variant" / "swa128.yaml").read_text())  # name: swa128
     monkeypatch.setattr(config, "CONF_DIR", conf)
+    monkeypatch.setattr(settings, "CONF_DIR", conf)  # the option names (conf/<group>/*.yaml)
     with pytest.raises(config.ConfigError, match=r"config key 'variant.name': got 'swa128'; allowed: 'swa128b'"):
         config.load_config("smoke", "swa128b")
     assert config.load_config("smoke", "swa128").variant.name == "swa128"

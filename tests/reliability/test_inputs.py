@@ -24,9 +24,11 @@ from .helpers import snakemake
 def conf(tmp_path, monkeypatch) -> Path:
     """A copy of the packaged configs that load_config reads instead (a user adding files to conf/)."""
     import hybridlab.config as config
+    import hybridlab.settings as settings
 
     folder = Path(shutil.copytree(config.CONF_DIR, tmp_path / "conf"))
     monkeypatch.setattr(config, "CONF_DIR", folder)
+    monkeypatch.setattr(settings, "CONF_DIR", folder)  # the option names (conf/<group>/*.yaml)
     return folder
 
 

@@ -134,13 +134,81 @@ def assert_png(path: Path) -> None:
         assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 50
 
 
+# What each figure shows as text, recorded while `built` draws them: legend entries, panel titles, axis labels,
+# other figure text, and how much of any data panel a legend covers (pixels^2).
+SEEN: dict[str, dict] = {}
+
+
+def _look(fig) -> dict:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    legends = [*fig.legends, *(ax.get_legend() for ax in panels if ax.get_legend() is not None)]
+    covered = 0.0
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in panels:
+            overlap = box.intersection(box, ax.get_window_extent(renderer))
+            covered += 0.0 if overlap is None else overlap.width * overlap.height
+    return {"legend": [t.get_text() for legend in legends for t in legend.get_texts()],
+            "titles": [ax.get_title() for ax in panels],
+            "labels": [ax.get_xlabel() for ax in panels] + [ax.get_ylabel() for ax in panels],
+            "text": [t.get_text() for t in fig.texts], "covered": covered}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, list[Path]]:
+    from hybridlab.figures import plots, scaling_grid
     from hybridlab.figures.build import build_all
 
+    def save(fig, out_dir, name):
+        SEEN[name] = _look(fig)
+        return original(fig, out_dir, name)
+
+    original = plots.save
     root = tmp_path_factory.mktemp("full")
     tables = write_tables(synthetic_tables(), root / "tables")
-    return root / "paper", build_all("unit", tables, root / "paper")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "save", save)
+        mp.setattr(scaling_grid, "save", save)
+        return root / "paper", build_all("unit", tables, root / "paper")
+
+
+def test_figures_speak_the_papers_language(built):
+    """Variants by the labels of their configs (SWA-128, not swa128), panels and axes by what they measure (no
+    metric keys), and no legend over a data panel."""
+    from hybridlab.config import variant_labels
+
+    labels = variant_labels()
+    assert labels["swa128"] == "SWA-128" and labels["swa128_nope"] == "SWA-128-NoPE"  # the configs' `label:`
+    shown = {labels[v] for v in ONSETS}
+    assert set(SEEN) == set(FIGURE_NAMES)
+    for name, seen in SEEN.items():
+        legend = set(seen["legend"])
+        assert not legend & set(labels), (name, legend & set(labels))
+        words = [*seen["legend"], *seen["titles"], *seen["labels"], *seen["text"]]
+        keys = [w for w in words if re.search(r"\b[a-z]+[0-9]*_[a-z0-9_]+\b", w)]
+        assert not keys, (name, keys)
+        assert seen["covered"] == 0, (name, seen["covered"])
+    for name in ("fig_emergence", "fig_ruler", "fig_gradinf", "fig_masking", "fig5_retrieval", "fig2_scaling"):
+        assert shown <= set(SEEN[name]["legend"]), (name, SEEN[name]["legend"])
+    assert {f"{labels[v]} ({n}/{len(ONSETS[v])} formed)" for v, n in (("swa128", 3), ("full", 2))} <= set(
+        SEEN["fig_onset"]["legend"])
+    assert set(SEEN["fig_ruler"]["titles"]) == {"NIAH accuracy", "RULER variable tracking"}
+    assert {labels[v] for v in ONSETS} <= set(SEEN["fig5_retrieval"]["titles"])
+
+
+def test_every_caption_names_its_tables_and_the_command(built):
+    paper, _ = built
+    tables = paper.parent / "tables"
+    command = f"hybridlab figures --scale unit --tables {tables} --out {paper}"
+    for name in FIGURE_NAMES:
+        caption = (paper / "captions" / f"{name}.rst").read_text().replace("\\", "")
+        assert command in caption, name
+    caption = (paper / "captions" / "fig3_receptive.rst").read_text().replace("\\", "")
+    assert "receptive.csv (`hybridlab receptive` per run, `hybridlab aggregate --kind receptive`)" in caption
+    md = (paper / "report.md").read_text()
+    assert f"from {tables}/: heads.csv (`hybridlab analyze` per run" in md
 
 
 @pytest.mark.parametrize("name", FIGURE_NAMES)

@@ -1,12 +1,11 @@
 # Stage 5: result tables (the only input of figures), every figure and table, and the replication report.
 #   figures       the default: tables made by this DAG -> paper/{scale}/
-#   figures_only  rebuild paper/{scale}/ from the tables already in {results_dir}/{scale}/tables/, nothing else
-#                 (`snakemake --cores 1 figures_only --config scale=mini results_dir=results`; `make figures` runs
-#                 `hybridlab figures` itself: Snakemake would delete the old paper/{scale}/ before a rebuild)
+#   figures_only  with --config figures_only=true, in place of every other stage: rebuild paper/{scale}/ from the
+#                 tables already in {results_dir}/{scale}/tables/, nothing else
+#                 (`snakemake --cores 1 --config scale=mini results_dir=results figures_only=true`); `make figures`
+#                 runs `hybridlab figures` itself: Snakemake would delete the old paper/{scale}/ before a rebuild
 # Browsable report with every figure, caption and table: `snakemake --report paper/{scale}/snakemake_report.html`
-# (after `figures_only`, name it as the target too: `snakemake figures_only --report ...`).
-import sys
-
+# (with the same --config as the run it reports on; `make report-html`).
 from hybridlab.analysis.schemas import OPTIONAL_RUN_FILES, RUN_FILES
 from hybridlab.figures import FIGURES, TABLE_NAMES
 
@@ -18,9 +17,9 @@ TABLES_DIR = f"{RES}/tables"
 # bootstrap band; the report's scaling-fit table and the grid's C1 check; the optional per-run tables, lmeval).
 SCALING_TABLES = ("budgets", "scaling_fit", "scaling_draws")
 OPTIONAL_TABLES = (*SCALING_TABLES, *(k for k in OPTIONAL_RUN_FILES if k not in TABLE_KINDS))
-# With figures_only among the targets the rules that make tables are left out, so the tables are plain inputs
-# and nothing upstream (training, evaluation) can be scheduled, whatever the state of the runs folder.
-FIGURES_ONLY = "figures_only" in sys.argv[1:]
+# With figures_only the rules that make tables are left out, so the tables are plain inputs and nothing upstream
+# (training, evaluation) can be scheduled, whatever the state of the runs folder.
+FIGURES_ONLY = str(config["figures_only"]).lower() == "true"
 
 
 # The outputs of a figures build (build.py writes exactly these): each figure's PNG for the Snakemake report,
@@ -52,7 +51,28 @@ FIGURES_SHELL = (
 )
 
 
-if not FIGURES_ONLY:
+if FIGURES_ONLY:
+
+    rule figures_only:
+        input:
+            tables=[
+                path
+                for path in expand(f"{TABLES_DIR}/{{kind}}.csv", kind=[*TABLE_KINDS, *OPTIONAL_TABLES])
+                if os.path.exists(path)
+            ],
+            info=f"{TABLES_DIR}/info.json",
+        output:
+            **PAPER_OUTPUTS,
+        params:
+            **FIGURES_PARAMS,
+        log:
+            f"{RES}/logs/figures_only.log",
+        conda:
+            "../../envs/hybridlab.yaml"
+        shell:
+            FIGURES_SHELL
+
+else:
 
     rule table:
         input:
@@ -113,45 +133,21 @@ if not FIGURES_ONLY:
             "hybridlab describe --out {output:q} {params.common} > {log:q} 2>&1"
 
 
-rule figures:
-    input:
-        tables=expand(f"{TABLES_DIR}/{{kind}}.csv", kind=TABLE_KINDS),
-        fit=expand(f"{TABLES_DIR}/{{name}}.csv", name=SCALING_TABLES) if BUDGETS and len(SIZES) > 1 else [],
-        info=f"{TABLES_DIR}/info.json",
-    output:
-        **PAPER_OUTPUTS,
-    params:
-        **FIGURES_PARAMS,
-    log:
-        f"{RES}/logs/figures.log",
-    conda:
-        "../../envs/hybridlab.yaml"
-    shell:
-        FIGURES_SHELL
-
-
-rule figures_only:
-    input:
-        tables=[
-            path
-            for path in expand(f"{TABLES_DIR}/{{kind}}.csv", kind=[*TABLE_KINDS, *OPTIONAL_TABLES])
-            if os.path.exists(path)
-        ],
-        info=f"{TABLES_DIR}/info.json",
-    output:
-        **PAPER_OUTPUTS,
-    params:
-        **FIGURES_PARAMS,
-    log:
-        f"{RES}/logs/figures_only.log",
-    conda:
-        "../../envs/hybridlab.yaml"
-    shell:
-        FIGURES_SHELL
-
-
-# The default target's report comes from the full DAG; figures_only is asked for by name.
-ruleorder: figures > figures_only
+    rule figures:
+        input:
+            tables=expand(f"{TABLES_DIR}/{{kind}}.csv", kind=TABLE_KINDS),
+            fit=expand(f"{TABLES_DIR}/{{name}}.csv", name=SCALING_TABLES) if BUDGETS and len(SIZES) > 1 else [],
+            info=f"{TABLES_DIR}/info.json",
+        output:
+            **PAPER_OUTPUTS,
+        params:
+            **FIGURES_PARAMS,
+        log:
+            f"{RES}/logs/figures.log",
+        conda:
+            "../../envs/hybridlab.yaml"
+        shell:
+            FIGURES_SHELL
 
 
 # paper/report.md: an index of every scale's report present under paper/, refreshed with the latest one.

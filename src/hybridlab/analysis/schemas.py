@@ -54,6 +54,11 @@ TABLES = {
 LMEVAL_COLUMNS = (*RUN_KEYS, "task", "metric", "filter", "length", "value", "stderr")
 # Tables a run has only when configured (the lm_eval rule runs when eval.lm_eval.run is not empty).
 OPTIONAL_TABLES = {"lmeval": LMEVAL_COLUMNS}
+# The subcommand that writes each per-run table (`hybridlab aggregate --kind <kind>` concatenates them): what a
+# figure's caption names, so that a reader can trace it back.
+WRITTEN_BY = {"eval": "evaluate", "heads": "analyze", "receptive": "receptive", "probe": "probe",
+              "trajectory": "analyze", "traced": "analyze", "onset": "analyze", "gradinf": "gradinf",
+              "masking": "analyze", "lmeval": "lm-eval"}
 # The per-run file of each table kind (runs/{variant}/seed{seed}/<file>).
 RUN_FILES = {kind: f"{kind}.csv" for kind in TABLES}
 OPTIONAL_RUN_FILES = {kind: f"{kind}.csv" for kind in OPTIONAL_TABLES}

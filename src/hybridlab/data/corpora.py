@@ -299,23 +299,20 @@ def held_out(text: str, seed: int, fraction: float) -> bool:
 
 
 def text_rules(data_cfg: DictConfig) -> dict:
-    """Config rules (hybridlab.config.Rule) for every key of a real-text data config."""
-    from hybridlab.config import GLOBS, TEXT, existing, integer, number, one_of, optional
+    """Config rules (hybridlab.settings) for every key of a real-text data config: the keys of every source
+    text, and per configured corpus those of its kind (hf or files) and of its document classes."""
+    from hybridlab.settings import rule, rules
 
-    rules = {"data.n_train_seqs": integer(1), "data.n_val_seqs": integer(1), "data.long_doc_min": number(0, 1),
-             "data.group_slack": optional(number(0)), "data.seed": integer(0),
-             "data.tokenizer.path": optional(existing("file or folder")), "data.tokenizer.hub": optional(TEXT),
-             "data.tokenizer.vocab_size": optional(integer(8)),
-             "data.longppl.reference": optional(existing("folder"))}
+    found = rules("text")
     for name, c in _entries(data_cfg):
         key = f"data.corpora.{name}"
-        rules |= {f"{key}.role": one_of(*ROLES), f"{key}.groups": optional(integer(1)),
-                  f"{key}.text_field": optional(TEXT), f"{key}.val_fraction": optional(number(0, 1, open_hi=True))}
-        rules |= {f"{key}.files": GLOBS} if "files" in c and c.get("hf") is None else {f"{key}.hf.name": TEXT}
-        rules |= {f"{key}.take.{cls}": number(0, 1, open_lo=True) for cls in c.get("take", {})}
-    if any(c.get("role") == "longppl" for _, c in _entries(data_cfg)):
-        rules["data.n_longppl_seqs"] = integer(1)
-    return rules
+        kinds = ("role", "groups", "text_field", "val_fraction",
+                 "files" if "files" in c and c.get("hf") is None else "hf.name")
+        found |= {f"{key}.{k}": rule(f"data.corpora.*.{k}") for k in kinds}
+        found |= {f"{key}.take.{cls}": rule("data.corpora.*.take.*") for cls in c.get("take", {})}
+    if not any(c.get("role") == "longppl" for _, c in _entries(data_cfg)):
+        found.pop("data.n_longppl_seqs")
+    return found
 
 
 def check(data_cfg: DictConfig) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridlab.analysis.schemas import WRITTEN_BY
 from hybridlab.figures import FIGURE_NAMES, plots, scaling_grid
 from hybridlab.figures.claims import check_all, load_claims_config, run_onsets
 from hybridlab.figures.html import render_report
@@ -38,12 +39,30 @@ class FigureSpec:
     name: str
     plot: Callable
     draw: Callable[[Tables, Path], list[Path]]
+    tables: tuple[str, ...]  # the input tables it is drawn from (the caption names them and their commands)
     claims: tuple[str, ...] = ()
     all_sizes: bool = False  # drawn from every model size (else from the largest only)
 
     @property
     def caption(self) -> str:
         return " ".join(inspect.getdoc(self.plot).split())
+
+    def source(self, scale: str, tables: str | Path, out: str | Path) -> str:
+        """Which tables and which commands produced the figure."""
+        inputs = "; ".join(f"{name}.{'json' if name == 'info' else 'csv'} ({TABLE_SOURCES[name]})"
+                           for name in self.tables)
+        return (f"Drawn by `hybridlab figures --scale {scale} --tables {tables} --out {out}` from {tables}/: "
+                f"{inputs}.")
+
+
+# Where each input table comes from: the per-run tables are concatenated by `hybridlab aggregate`.
+TABLE_SOURCES = {
+    **{kind: f"`hybridlab {cmd}` per run, `hybridlab aggregate --kind {kind}`" for kind, cmd in WRITTEN_BY.items()},
+    "budgets": "`hybridlab train-branch` and `hybridlab evaluate` per budget branch, `hybridlab aggregate --kind eval`",
+    "scaling_fit": "`hybridlab scaling-fit`",
+    "scaling_draws": "`hybridlab scaling-fit --draws-out`",
+    "info": "the plan, `hybridlab describe`",
+}
 
 
 def figure_specs(cfg: dict) -> list[FigureSpec]:
@@ -58,26 +77,31 @@ def figure_specs(cfg: dict) -> list[FigureSpec]:
         FigureSpec("fig2_scaling", scaling_grid.fig2_scaling,
                    lambda t, o: scaling_grid.fig2_scaling(t.need("eval"), o, t.context, t.get("scaling_fit"),
                                                           t.n_params(), t.get("budgets"), t.get("scaling_draws")),
-                   all_sizes=True),
+                   ("eval", "budgets", "scaling_fit", "scaling_draws", "info"), all_sizes=True),
         FigureSpec("fig_emergence", plots.fig_emergence,
-                   lambda t, o: plots.fig_emergence(t.need("eval"), o, t.context), ("C1",)),
+                   lambda t, o: plots.fig_emergence(t.need("eval"), o, t.context), ("eval",), ("C1",)),
         FigureSpec("fig3_receptive", plots.fig3_receptive,
-                   lambda t, o: plots.fig3_receptive(t.need("receptive"), o, t.context), ("C2",)),
-        FigureSpec("fig4_probe", plots.fig4_probe, lambda t, o: plots.fig4_probe(t.need("probe"), o, t.info)),
-        FigureSpec("fig_gradinf", plots.fig_gradinf, lambda t, o: plots.fig_gradinf(t.need("gradinf"), o, t.info)),
+                   lambda t, o: plots.fig3_receptive(t.need("receptive"), o, t.context), ("receptive",), ("C2",)),
+        FigureSpec("fig4_probe", plots.fig4_probe, lambda t, o: plots.fig4_probe(t.need("probe"), o, t.info),
+                   ("probe", "info")),
+        FigureSpec("fig_gradinf", plots.fig_gradinf, lambda t, o: plots.fig_gradinf(t.need("gradinf"), o, t.info),
+                   ("gradinf", "info")),
         FigureSpec("fig5_retrieval", plots.fig5_retrieval,
-                   lambda t, o: plots.fig5_retrieval(t.need("heads"), o, t.context)),
+                   lambda t, o: plots.fig5_retrieval(t.need("heads"), o, t.context), ("heads",)),
         FigureSpec("fig5_dynamics", plots.fig5_dynamics,
-                   lambda t, o: plots.fig5_dynamics(t.need("trajectory"), o, t.get("traced")), ("C3",)),
-        FigureSpec("fig_onset", plots.fig_onset, _onset, ("C3",)),
+                   lambda t, o: plots.fig5_dynamics(t.need("trajectory"), o, t.get("traced")),
+                   ("trajectory", "traced"), ("C3",)),
+        FigureSpec("fig_onset", plots.fig_onset, _onset, ("onset", "heads"), ("C3",)),
         FigureSpec("fig_masking", plots.fig_masking,
-                   lambda t, o: plots.fig_masking(t.need("masking"), o, t.context)),
-        FigureSpec("fig_design", plots.fig_design, lambda t, o: plots.fig_design(t.need("eval"), o, t.context)),
+                   lambda t, o: plots.fig_masking(t.need("masking"), o, t.context), ("masking",)),
+        FigureSpec("fig_design", plots.fig_design, lambda t, o: plots.fig_design(t.need("eval"), o, t.context),
+                   ("eval",)),
         FigureSpec("fig8_nope", plots.fig8_nope, lambda t, o: plots.fig8_nope(t.need("eval"), o, t.context),
-                   ("C4",)),
-        FigureSpec("fig_ruler", plots.fig_ruler, lambda t, o: plots.fig_ruler(t.need("eval"), o, t.context)),
+                   ("eval",), ("C4",)),
+        FigureSpec("fig_ruler", plots.fig_ruler, lambda t, o: plots.fig_ruler(t.need("eval"), o, t.context),
+                   ("eval",)),
         FigureSpec("fig_loss_by_pos", plots.fig_loss_by_pos,
-                   lambda t, o: plots.fig_loss_by_pos(t.need("eval"), o, t.context)),
+                   lambda t, o: plots.fig_loss_by_pos(t.need("eval"), o, t.context), ("eval",)),
     ]
 
 
@@ -96,11 +120,13 @@ def build_all(scale: str, tables: str | Path, out: str | Path, claims_config: st
     every_size, cfg = load_tables(tables), load_claims_config(claims_config)  # bad input fails before any work
     config_name = Path(claims_config).name if claims_config else "src/hybridlab/conf/claims/default.yaml"
     with replaced_folder(out) as stage:
-        paths = _build(scale, every_size, cfg, config_name, stage)
+        paths = _build(scale, every_size, cfg, config_name, stage, (tables, out))
     return [out / p.relative_to(stage) for p in paths]
 
 
-def _build(scale: str, every_size: Tables, cfg: dict, config_name: str, out: Path) -> list[Path]:
+def _build(scale: str, every_size: Tables, cfg: dict, config_name: str, out: Path,
+           named: tuple[str | Path, Path]) -> list[Path]:
+    """The build into `out` (a staging folder); captions name the tables folder and the final folder (`named`)."""
     data = every_size.at_size(every_size.main_size)
     claims = check_all(data, cfg)
     verdicts = {r.cid: r for r in claims}
@@ -115,8 +141,9 @@ def _build(scale: str, every_size: Tables, cfg: dict, config_name: str, out: Pat
             missing = str(e)
             files = placeholder(out / "figures", spec.name, missing)
         paths += files
-        entry = FigureEntry(spec.name, out / "figures" / f"{spec.name}.png", spec.caption,
-                            PAPER_NOTES[spec.name], spec.claims, missing)
+        entry = FigureEntry(spec.name, out / "figures" / f"{spec.name}.png",
+                            f"{spec.caption} {spec.source(scale, *named)}", PAPER_NOTES[spec.name],
+                            spec.claims, missing)
         entries.append(entry)
         caption = [_rst(f"No data at this scale: {missing}.")] if missing else []
         caption += [_rst(entry.caption), _rst(f"The paper reports: {entry.paper}")]

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from hybridlab.figures.style import save, setup, variant_order, variant_palette
+from hybridlab.figures.style import save, setup, side_legend, variant_label, variant_order, variant_palette
 from hybridlab.figures.tables import NoData, at_context, efficient_windows, final, layer_roles, metric_rows
 
 LABELS = {"val_loss": "validation loss", "val_loss_local": "short-context loss", "log_longppl": "log(LongPPL)",
@@ -23,10 +23,19 @@ LABELS = {"val_loss": "validation loss", "val_loss_local": "short-context loss",
           "entropy_norm": "entropy / log(length)", "q_rel_l2": "Q rel. L2 to final", "k_rel_l2": "K rel. L2 to final",
           "q_l2": "Q L2 to final", "k_l2": "K L2 to final", "needle_mass": "needle mass", "probe_acc": "probe accuracy",
           "grad_influence": "gradient influence G(d)"}
+# RULER-style tasks (data/evalsets.py TASKS), metric ruler_<task>.
+RULER_TASKS = {"niah_single": "single needle", "niah_single_repeat": "single needle, repeated haystack",
+               "niah_multikey": "multi-key needles", "niah_multivalue": "multi-value needles",
+               "niah_multiquery": "multi-query needles", "vt": "variable tracking"}
+PROBE_FEATURES = {"resid": "residual stream after the layer", "delta": "what the layer adds (residual delta)"}
 DESIGN_VARIANTS = ("swa128_ratio13", "swa128_headwise")
 
 
 def _label(metric: str) -> str:
+    """What a metric measures, in words (ruler_<task>: RULER's task)."""
+    if metric.startswith("ruler_") and metric not in LABELS:
+        task = metric.removeprefix("ruler_")
+        return f"RULER {RULER_TASKS.get(task, task.replace('_', ' '))}"
     return LABELS.get(metric, metric.replace("_", " "))
 
 
@@ -55,7 +64,7 @@ def _metric_ax(ax, eval_df: pd.DataFrame, metric: str, context: int, pal: dict) 
     if d.empty:
         _empty(ax, f"{metric} @ {context}")
     for variant in variant_order(d["variant"]):
-        _seed_lines(ax, d[d["variant"] == variant], "tokens", pal[variant], variant)
+        _seed_lines(ax, d[d["variant"] == variant], "tokens", pal[variant], variant_label(variant))
     ax.set_xscale("log")
     ax.set_xlabel("training tokens")
     ax.set_ylabel(f"{_label(metric)} @ {context}")
@@ -68,7 +77,7 @@ def _by_length_ax(ax, eval_df: pd.DataFrame, metric: str, context: int, pal: dic
     if d.empty:
         _empty(ax, metric)
     for variant in variant_order(d["variant"]):
-        _seed_lines(ax, d[d["variant"] == variant], "length", pal[variant], variant)
+        _seed_lines(ax, d[d["variant"] == variant], "length", pal[variant], variant_label(variant))
     ax.axvline(context, ls="--", color="grey", lw=1)
     ax.axvspan(context, max(context, d["length"].max() if not d.empty else context) * 1.05, color="0.93", zorder=0)
     ax.set_xscale("log", base=2)
@@ -78,6 +87,7 @@ def _by_length_ax(ax, eval_df: pd.DataFrame, metric: str, context: int, pal: dic
 
 
 def _legend(fig, axes) -> None:
+    """One legend for every panel of a figure, above them."""
     handles, labels = {}, []
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -85,9 +95,11 @@ def _legend(fig, axes) -> None:
                 handles[lab] = h
                 labels.append(lab)
     if handles:
-        fig.legend([handles[k] for k in labels], labels, loc="upper center", ncol=min(len(labels), 6),
+        fig.tight_layout()
+        # Above the panels, outside the figure's area (the saved image's tight box takes it in): never over data.
+        rows = -(-len(labels) // 6)  # at most 6 a row, the rows balanced
+        fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=-(-len(labels) // rows),
                    bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
-        fig.tight_layout(rect=(0, 0, 1, 0.92))
 
 
 def _panels(n: int, width: float = 4.2, height: float = 3.4, rows: int = 1):
@@ -134,7 +146,8 @@ def fig3_receptive(rec: pd.DataFrame, out_dir, context: int) -> list[Path]:
             for kind, ls in (("full", "-"), ("efficient", "--")):
                 g = d[(d["variant"] == variant) & (d["constrained"] == kind)]
                 if not g.empty:
-                    _seed_lines(ax, g, "window", pal[variant], variant if kind == "full" else None, ls=ls)
+                    _seed_lines(ax, g, "window", pal[variant], variant_label(variant) if kind == "full" else None,
+                                ls=ls)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(f"window W (tokens of {context})")
@@ -161,7 +174,7 @@ def fig4_probe(probe: pd.DataFrame, out_dir, info: dict[str, Any]) -> list[Path]
         d = probe[probe["feature"] == feature]
         for variant in variant_order(d["variant"]):
             g = d[d["variant"] == variant]
-            _seed_lines(ax, g, "layer", pal[variant], variant)
+            _seed_lines(ax, g, "layer", pal[variant], variant_label(variant))
             roles = layer_roles(info, variant)
             mean = g.groupby("layer")["value"].mean()
             hollow = [layer for layer in mean.index if layer < len(roles) and roles[layer] != "full"]
@@ -169,7 +182,7 @@ def fig4_probe(probe: pd.DataFrame, out_dir, info: dict[str, Any]) -> list[Path]
         ax.set_xticks(sorted(d["layer"].unique()))
         ax.set_xlabel("layer (filled: full attention, hollow: efficient)")
         ax.set_ylabel(_label("probe_acc"))
-        ax.set_title(f"feature: {feature}", fontsize=9)
+        ax.set_title(PROBE_FEATURES.get(feature, feature), fontsize=9)
     _legend(fig, axes)
     return save(fig, out_dir, "fig4_probe")
 
@@ -198,24 +211,23 @@ def fig5_retrieval(heads_df: pd.DataFrame, out_dir, context: int) -> list[Path]:
     best = strongest_full_head(heads_df)
     best = best[best["tokens"] > 0]
     for variant in variants:
-        _seed_lines(axes[0], best[best["variant"] == variant], "tokens", pal[variant], variant)
+        _seed_lines(axes[0], best[best["variant"] == variant], "tokens", pal[variant], variant_label(variant))
     axes[0].set_xscale("log")
     axes[0].set_xlabel("training tokens")
     axes[0].set_ylabel("max needle mass, full-attn heads")
     axes[0].set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=7)
     for ax, variant in zip(axes[1:], variants, strict=True):
         g = final(mass[mass["variant"] == variant])
         grid = g.groupby(["layer", "head"])["value"].mean().unstack("head")
         im = ax.imshow(np.ma.masked_invalid(grid.values), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(grid.index)), grid.index)
         ax.set_xticks(range(len(grid.columns)), grid.columns)
-        ax.set_title(variant, fontsize=9)
+        ax.set_title(variant_label(variant), fontsize=9)
         ax.set_xlabel("head")
         ax.grid(False)
     axes[1].set_ylabel("layer")
     fig.colorbar(im, ax=axes[-1], fraction=0.05, label="needle mass (final)")
-    fig.tight_layout()
+    _legend(fig, axes[:1])
     return save(fig, out_dir, "fig5_retrieval")
 
 
@@ -237,7 +249,7 @@ def fig5_dynamics(traj: pd.DataFrame, out_dir, traced: pd.DataFrame | None = Non
     for ax, metric in zip(axes[0], metrics, strict=True):
         m = d[d["metric"] == metric]
         for variant in variant_order(m["variant"]):
-            _seed_lines(ax, m[m["variant"] == variant], "tokens", pal[variant], variant)
+            _seed_lines(ax, m[m["variant"] == variant], "tokens", pal[variant], variant_label(variant))
         ax.set_xscale("log")
         ax.set_xlabel("training tokens")
         ax.set_ylabel(_label(metric))
@@ -247,7 +259,7 @@ def fig5_dynamics(traj: pd.DataFrame, out_dir, traced: pd.DataFrame | None = Non
         none = formed[~formed].reset_index().groupby("variant")["seed"].count()
         runs = formed.reset_index().groupby("variant")["seed"].count()
         if len(none):
-            text = "no retrieval head formed: " + ", ".join(f"{v} ({none[v]} of {runs[v]} seeds)"
+            text = "no retrieval head formed: " + ", ".join(f"{variant_label(v)} ({none[v]} of {runs[v]} seeds)"
                                                             for v in variant_order(none.index))
             fig.text(0.01, 0.005, text, fontsize=7, ha="left", va="bottom")
     return save(fig, out_dir, "fig5_dynamics")
@@ -274,7 +286,7 @@ def fig_onset(onsets: pd.DataFrame, out_dir, source: str) -> list[Path]:
         formed = 1 - np.concatenate([[1.0], km.surviving, km.surviving[-1:] if len(km.times) else [1.0]])
         lo = 1 - np.concatenate([[1.0], km.high, km.high[-1:] if len(km.times) else [1.0]])
         hi = 1 - np.concatenate([[1.0], km.low, km.low[-1:] if len(km.times) else [1.0]])
-        ax.step(x, formed, where="post", color=pal[v], label=f"{v} ({km.events}/{km.n} formed)")
+        ax.step(x, formed, where="post", color=pal[v], label=f"{variant_label(v)} ({km.events}/{km.n} formed)")
         ax.fill_between(x, lo, hi, step="post", color=pal[v], alpha=0.15, lw=0)
         censored = g.loc[~np.isfinite(g["onset_tokens"]), "censored_at"]
         if len(censored):
@@ -283,9 +295,8 @@ def fig_onset(onsets: pd.DataFrame, out_dir, source: str) -> list[Path]:
     ax.set_ylabel("fraction of runs with a retrieval head")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(0, t_max * 1.02)
-    ax.set_title(f"onset from {source}", fontsize=8)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    ax.set_title(f"onset read from {source.split()[0]}", fontsize=8)
+    side_legend(ax)
     return save(fig, out_dir, "fig_onset")
 
 
@@ -303,14 +314,14 @@ def fig_gradinf(g: pd.DataFrame, out_dir, info: dict[str, Any]) -> list[Path]:
     pal = variant_palette(g["variant"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for variant in variant_order(g["variant"]):
-        _seed_lines(ax, g[g["variant"] == variant], "distance", pal[variant], variant)
+        _seed_lines(ax, g[g["variant"] == variant], "distance", pal[variant], variant_label(variant))
         for w in efficient_windows(info, variant):
             ax.axvline(w, color=pal[variant], ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("distance d before the end (tokens)")
     ax.set_ylabel(_label("grad_influence"))
-    ax.legend(fontsize=7)
+    side_legend(ax)
     return save(fig, out_dir, "fig_gradinf")
 
 
@@ -328,13 +339,13 @@ def fig_masking(m: pd.DataFrame, out_dir, context: int) -> list[Path]:
             # k = 0 (heads "none", the unmasked model) starts both curves.
             d = m[(m["variant"] == variant) & m["heads"].isin([heads, "none"])]
             if not d.empty:
-                _seed_lines(ax, d, "k", pal[variant], variant if heads == "top" else None, ls=ls)
+                _seed_lines(ax, d, "k", pal[variant], variant_label(variant) if heads == "top" else None, ls=ls)
     ax.set_xticks(sorted(m["k"].unique()))
     ax.set_title("solid: top retrieval heads masked; dashed: random heads", fontsize=8)
     ax.set_xlabel("heads masked (k)")
     ax.set_ylabel("NIAH accuracy (final)")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
+    side_legend(ax)
     return save(fig, out_dir, "fig_masking")
 
 
@@ -382,7 +393,8 @@ def fig_ruler(eval_df: pd.DataFrame, out_dir, context: int) -> list[Path]:
     fig, axes = _panels(cols, width=3.8, rows=rows)
     for ax, metric in zip(axes.ravel(), metrics, strict=False):
         _by_length_ax(ax, eval_df, metric, context, pal)
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(_label(metric), fontsize=9)
+        ax.set_ylabel("accuracy (final)")
     for ax in axes.ravel()[len(metrics):]:
         ax.set_visible(False)
     _legend(fig, axes)
@@ -397,5 +409,5 @@ def fig_loss_by_pos(eval_df: pd.DataFrame, out_dir, context: int) -> list[Path]:
     pal = variant_palette(eval_df["variant"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     _by_length_ax(ax, eval_df, "loss_by_pos", context, pal, xlabel="position")
-    ax.legend(fontsize=7)
+    side_legend(ax)
     return save(fig, out_dir, "fig_loss_by_pos")

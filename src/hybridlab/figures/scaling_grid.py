@@ -30,7 +30,7 @@ from hybridlab.analysis.scaling import PARAM_NAMES, log_predict, params_to_theta
 from hybridlab.analysis.scaling_uncertainty import fits_wide, prediction_band
 from hybridlab.figures.plots import _legend, _metric_ax, _panels
 from hybridlab.figures.report import Table, fmt
-from hybridlab.figures.style import save, setup, variant_order, variant_palette
+from hybridlab.figures.style import save, setup, variant_label, variant_order, variant_palette
 from hybridlab.figures.tables import NoData, Tables, metric_rows
 
 REFERENCE = "full"
@@ -139,7 +139,8 @@ def fig2_scaling(eval_df: pd.DataFrame, out_dir, context: int, fit: pd.DataFrame
             _clip_to(ax, shown)
     warned = _has_warnings(fit)
     if warned:
-        fig.text(0.5, -0.01, f"Fit warnings for {', '.join(warned)}: see the scaling-fit table of the report.",
+        fig.text(0.5, -0.01, f"Fit warnings for {', '.join(map(variant_label, warned))}: see the scaling-fit "
+                 "table of the report.",
                  ha="center", va="top", fontsize=8)
     _legend(fig, axes)
     return save(fig, out_dir, "fig2_scaling")

@@ -1,7 +1,9 @@
-"""One figure style for every plot: colours per variant in a fixed order, PDF and PNG output."""
+"""One figure style for every plot: colours per variant in a fixed order, the paper's variant labels, legends
+beside the data, PDF and PNG output."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +21,25 @@ VARIANT_ORDER = ["full", "swa128", "swa512", "swa2048", "lightning", "mamba2", "
 def variant_order(variants) -> list[str]:
     """Variants in the fixed order of VARIANT_ORDER, unknown ones after it alphabetically."""
     return sorted(set(variants), key=lambda v: (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else 99, v))
+
+
+@functools.cache
+def _labels() -> dict[str, str]:
+    from hybridlab.config import variant_labels
+
+    return variant_labels()
+
+
+def variant_label(variant: str) -> str:
+    """The paper's name of a variant (the `label:` of conf/variant/<name>.yaml, e.g. swa128 -> SWA-128); a variant
+    without a config file keeps its name."""
+    return _labels().get(variant, variant)
+
+
+def side_legend(ax, **kw) -> None:
+    """The axes' legend to their right, outside the data (single-panel figures)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False, fontsize=7, **kw)
 
 
 def variant_palette(variants) -> dict[str, tuple]:
