@@ -687,11 +687,24 @@ FOLDER_OUTPUTS = {"prepare-data": "the data folder", "train": "the run folder", 
                   "export-hf": "the model folder", "figures": "the paper folder"}
 
 
+def _scale_from_override(args: argparse.Namespace, argv: list[str]) -> None:
+    """`scale=S` without --scale picks the scale (as --scale S would); beside --scale the two must agree
+    (hybridlab.config refuses a contradiction, naming both)."""
+    overrides = getattr(args, "overrides", None)
+    if overrides is None or not hasattr(args, "scale") or any(a.split("=")[0] == "--scale" for a in argv):
+        return
+    picks = [o for o in overrides if o.startswith("scale=")]
+    if picks:
+        args.scale = picks[-1].removeprefix("scale=")
+        args.overrides = [o for o in overrides if o not in picks]
+
+
 def main(argv: list[str] | None = None) -> int:
     from hybridlab.config import ConfigError
     from hybridlab.io import CorruptFileError
 
     args = build_parser().parse_args(argv)
+    _scale_from_override(args, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if args.cmd in FOLDER_OUTPUTS and getattr(args, "out", None) == STDOUT:
         print(f"hybridlab {args.cmd}: error: --out: got '-'; allowed: a folder path ({FOLDER_OUTPUTS[args.cmd]}; "

@@ -80,7 +80,7 @@ CASES = [
     ("fla on a CPU machine", [*TRAIN, "--variant", "gdn", "model.mixer_backend=fla"], "model.mixer_backend", "fla"),
     ("variant override beside --variant", [*TRAIN, "--variant", "full", "variant=swa128"], "variant", "swa128"),
     ("seed override beside --seed", [*TRAIN, "--variant", "full", "seed=3"], "seed", 3),
-    ("scale override beside --scale", [*DESCRIBE, "scale=mini"], "scale", "mini"),
+    ("scale override beside --scale", [*DESCRIBE, "--scale", "smoke", "scale=mini"], "scale", "mini"),
     ("variant name other than its file's", [*TRAIN, "--variant", "swa128", "variant.name=full"], "variant.name",
      "full"),
 ]

@@ -277,7 +277,7 @@ def test_tampered_manifest_never_removes_or_reads_files_outside_the_folder(tmp_p
 def test_override_contradicting_a_flag_is_refused_naming_both_values(override, key, got, flag_value, tmp_path,
                                                                       tiny_data, capsys):
     run = tmp_path / "run"
-    argv = [*train_argv(tiny_data, run, "full", 0, STEPS, override), "--size", "tiny"]
+    argv = [*train_argv(tiny_data, run, "full", 0, STEPS, override), "--size", "tiny", "--scale", "smoke"]
     refused(argv, capsys, f"config key '{key}': got {got}", flag_value, override, "contradicts the flag")
     assert not run.exists()
 
