@@ -12,6 +12,7 @@ PAPER  ?= paper
 NO_VENV ?=
 SNAKEMAKE ?= $(if $(NO_VENV),snakemake,$(BIN)/snakemake)
 ENV_DEP := $(if $(NO_VENV),,venv)
+HYBRIDLAB ?= $(if $(NO_VENV),hybridlab,$(BIN)/hybridlab)
 # GPU jobs per card (evaluation and analysis jobs share a card; see workflow/scripts/gpu_lock.py) and training
 # jobs per card: 2, of which one trains while the other compiles on the CPU (HYBRIDLAB_TRAIN_LOCK: one card's
 # trainings take turns; processes time-slicing one GPU train slower together than one alone).
@@ -62,9 +63,13 @@ lint: venv
 	$(BIN)/ruff check src tests kernels workflow
 	$(BIN)/snakemake --lint
 
-## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch)
+## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch);
+## the new paper/SCALE/ replaces the old one only when complete (Snakemake would delete the old outputs first)
 figures: $(ENV_DEP)
-	$(SNAKEMAKE) --cores 1 --config scale=$(SCALE) results_dir=$(RESULTS) paper_dir=$(PAPER) figures_only=true
+	mkdir -p '$(RESULTS)/$(SCALE)/logs'
+	$(HYBRIDLAB) figures --scale '$(SCALE)' --tables '$(RESULTS)/$(SCALE)/tables' --out '$(PAPER)/$(SCALE)' \
+	  > '$(RESULTS)/$(SCALE)/logs/figures_only.log' 2>&1 || { tail -n 20 '$(RESULTS)/$(SCALE)/logs/figures_only.log'; exit 1; }
+	$(HYBRIDLAB) report-index --paper '$(PAPER)'
 
 ## report-html: figures, then the browsable Snakemake report of them: PAPER/SCALE/snakemake_report.html
 report-html: figures

@@ -29,3 +29,22 @@ def smoke_cfg():
         return load_config("smoke", variant, seed, list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def finish_run():
+    """Mark a folder of hand-made checkpoints (ckpt/tokens_*.pt) as the finished run of a config: the identity in
+    provenance.json and the checkpoint list in train_done.json that `hybridlab train` writes, which the
+    evaluations check (hybridlab.identity)."""
+    from pathlib import Path
+
+    def finish(run_dir, cfg) -> None:
+        from hybridlab.identity import run_identity
+        from hybridlab.io import write_json
+
+        run_dir = Path(run_dir)
+        write_json(run_dir / "provenance.json", {"identity": run_identity(cfg)})
+        write_json(run_dir / "train_done.json",
+                   {"checkpoints": sorted(p.name for p in (run_dir / "ckpt").glob("tokens_*.pt"))})
+
+    return finish

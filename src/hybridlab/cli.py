@@ -114,6 +114,16 @@ def _cfg(a):
     return load_config(a.scale, getattr(a, "variant", "full"), getattr(a, "seed", 0), a.overrides, a.size)
 
 
+def _checked_cfg(a):
+    """The config of a command that reads a data folder and a run: both checked against it before any work
+    (hybridlab.identity); the tables it writes will carry what made them (`a.made_by`)."""
+    from hybridlab.identity import check_evaluation
+
+    cfg = _cfg(a)
+    a.made_by = check_evaluation(cfg, a.data, a.run)
+    return cfg
+
+
 def cmd_list(a) -> None:
     from omegaconf import OmegaConf
 
@@ -170,7 +180,7 @@ def cmd_prepare(a) -> None:
 def cmd_train(a) -> None:
     from hybridlab.train.run import train
 
-    s = train(_cfg(a), a.data, a.out)
+    s = train(_cfg(a), a.data, a.out, allow=tuple(a.allow_change or ()))
     if "final_loss" in s:  # a finished run, on rank 0
         print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
@@ -217,25 +227,29 @@ def _write(a, df, path: str | None = None) -> None:
         print(f"{len(df)} rows -> standard output", file=sys.stderr)
         return
     write_table(path, df)
+    if getattr(a, "made_by", None):  # a per-run table: what made it, beside it (`aggregate` checks it)
+        from hybridlab.identity import write_stamp
+
+        write_stamp(path, a.made_by)
     print(f"{len(df)} rows -> {path}")
 
 
 def cmd_evaluate(a) -> None:
     from hybridlab.evals.evaluate import evaluate_run
 
-    _write(a, evaluate_run(_cfg(a), a.data, a.run))
+    _write(a, evaluate_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_receptive(a) -> None:
     from hybridlab.analysis.receptive import receptive_run
 
-    _write(a, receptive_run(_cfg(a), a.data, a.run))
+    _write(a, receptive_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_analyze(a) -> None:
     from hybridlab.analysis.analyze import analyze_run
 
-    tables = analyze_run(_cfg(a), a.data, a.run)
+    tables = analyze_run(_checked_cfg(a), a.data, a.run)
     _write(a, tables["heads"])
     for kind in ANALYZE_EXTRA:
         if getattr(a, kind):
@@ -245,25 +259,25 @@ def cmd_analyze(a) -> None:
 def cmd_probe(a) -> None:
     from hybridlab.analysis.probe import probe_run
 
-    _write(a, probe_run(_cfg(a), a.data, a.run))
+    _write(a, probe_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_gradinf(a) -> None:
     from hybridlab.analysis.gradinf import gradinf_run
 
-    _write(a, gradinf_run(_cfg(a), a.data, a.run))
+    _write(a, gradinf_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_lm_eval(a) -> None:
     from hybridlab.evals.harness import lm_eval_run
 
-    _write(a, lm_eval_run(_cfg(a), a.data, a.run))
+    _write(a, lm_eval_run(_checked_cfg(a), a.data, a.run))
 
 
 def cmd_export_hf(a) -> None:
     from hybridlab.export.hf import export_checkpoint
 
-    out = export_checkpoint(_cfg(a), a.data, a.run, a.out, a.checkpoint)
+    out = export_checkpoint(_checked_cfg(a), a.data, a.run, a.out, a.checkpoint)
     print(f"exported {a.variant} seed {a.seed} -> {out} (AutoModelForCausalLM, trust_remote_code=True)")
 
 
@@ -325,6 +339,7 @@ AGGREGATE_COLUMNS = {**TABLE_COLUMNS, **OPTIONAL_TABLES}
 def cmd_aggregate(a) -> None:
     import pandas as pd
 
+    from hybridlab.identity import check_tables
     from hybridlab.io import read_table
 
     frames = []
@@ -339,6 +354,7 @@ def cmd_aggregate(a) -> None:
             df.insert(0, "variant", run.parent.name)
         df.insert(0, "size", run.parent.parent.name)
         frames.append(df)
+    check_tables(a.inputs, frames)  # each table's rows are its folder's run's, no row twice
     _write(a, pd.concat(frames, ignore_index=True))
 
 
@@ -568,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     _data_arg(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write")
+    p.add_argument("--allow-change", action="append", metavar="KEY",
+                   help="resume an interrupted run with this setting changed on purpose (repeatable; "
+                        "provenance.json records the change); any other difference is refused")
     p = _stage(sub, "train-group", cmd_train_group, "train several seeds of one variant one after another in one "
                "process (one compiled model object; each run equals its own `train`)")
     _group_args(p, "outs", "run folders")
@@ -668,11 +687,24 @@ FOLDER_OUTPUTS = {"prepare-data": "the data folder", "train": "the run folder", 
                   "export-hf": "the model folder", "figures": "the paper folder"}
 
 
+def _scale_from_override(args: argparse.Namespace, argv: list[str]) -> None:
+    """`scale=S` without --scale picks the scale (as --scale S would); beside --scale the two must agree
+    (hybridlab.config refuses a contradiction, naming both)."""
+    overrides = getattr(args, "overrides", None)
+    if overrides is None or not hasattr(args, "scale") or any(a.split("=")[0] == "--scale" for a in argv):
+        return
+    picks = [o for o in overrides if o.startswith("scale=")]
+    if picks:
+        args.scale = picks[-1].removeprefix("scale=")
+        args.overrides = [o for o in overrides if o not in picks]
+
+
 def main(argv: list[str] | None = None) -> int:
     from hybridlab.config import ConfigError
     from hybridlab.io import CorruptFileError
 
     args = build_parser().parse_args(argv)
+    _scale_from_override(args, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if args.cmd in FOLDER_OUTPUTS and getattr(args, "out", None) == STDOUT:
         print(f"hybridlab {args.cmd}: error: --out: got '-'; allowed: a folder path ({FOLDER_OUTPUTS[args.cmd]}; "

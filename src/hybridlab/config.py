@@ -79,12 +79,41 @@ def load_config(
         raise ConfigError("variant", variant, ", ".join(variant_names()))
     if size is not None and size not in model_names():
         raise ConfigError("size", size, ", ".join(model_names()))
+    _check_flag_overrides(overrides or [], {"scale": scale, "variant": variant, "seed": seed, "model": size})
     args = [f"scale={scale}", f"variant={variant}", f"seed={seed}", *(overrides or [])]
     if size is not None:
         args.append(f"model={size}")
     cfg = _compose(args)
     validate(cfg)
+    name = OmegaConf.select(cfg, "variant.name")
+    _check(name == variant, "variant.name", name, f"'{variant}', the name of its file conf/variant/{variant}.yaml "
+           "(rows and folders are labelled by the name)")
     return cfg
+
+
+# Keys that a flag sets (and, in the workflow, a --config key). Hydra applies overrides after the flags' values,
+# so an override that contradicts a flag would silently win (a DAG in which every variant's folder trains the
+# overridden variant); one that repeats the flag's value changes nothing. `model=` without --size picks the size.
+FLAG_KEYS = {"scale": ("--scale", "scale=S"), "variant": ("--variant", "variants=[V, ...]"),
+             "seed": ("--seed", "seeds=[N, ...]"), "model": ("--size", "overrides=[scale.sizes=[SIZE,...]]")}
+
+
+def _check_flag_overrides(overrides: list[str], flags: dict[str, Any]) -> None:
+    """Refuse an override of a flag-set key (FLAG_KEYS) whose value differs from the flag's, naming both."""
+    for arg in overrides:
+        lhs, sep, rhs = str(arg).partition("=")
+        key = lhs.lstrip("+~")
+        if key not in FLAG_KEYS or (key == "model" and flags["model"] is None):
+            continue
+        value = rhs.strip().strip("'\"")
+        if key == "seed" and re.fullmatch(r"[+-]?\d+", value):
+            value = int(value)
+        if sep and not lhs.startswith("~") and str(value) == str(flags[key]):
+            continue  # the flag's own value, repeated
+        flag, workflow = FLAG_KEYS[key]
+        raise ConfigError(key, value if sep else arg, f"{flags[key]!r}, the value of {flag} (the override {arg!r} "
+                          f"contradicts the flag and would silently replace it: give the value with {flag} alone; "
+                          f"in the workflow: --config {workflow})")
 
 
 def _override_value(args: list[str], key: str) -> Any:
@@ -174,9 +203,10 @@ def check_workflow_config(config: dict[str, Any], schema: str | Path) -> dict[st
         _check(name in variant_names(), "scale.seed_counts", name, ", ".join(variant_names()))
         _check(isinstance(n, int) and 1 <= n <= len(seeds), f"scale.seed_counts.{name}", n,
                f"an integer in [1, {len(seeds)}] (the first n of scale.seeds)")
-    cfgs = [load_config(scale, v, seeds[0], overrides) for v in variants]
-    for size in (plan.get("sizes") or [])[1:]:  # the first size is the scale's default, checked above
-        sized = load_config(scale, variants[0], seeds[0], [*overrides, f"model={size}"])
+    sizes = list(plan.get("sizes") or [None])
+    cfgs = [load_config(scale, v, seeds[0], overrides, sizes[0]) for v in variants]
+    for size in sizes[1:]:  # the first size is the scale's default, checked above
+        sized = load_config(scale, variants[0], seeds[0], overrides, size)
         for cfg in cfgs:  # a layout must fit every model size (layers divisible by the ratio's group, ...)
             build_layout(cfg.variant, sized.model, sized.scale)
     by_variant = {v: seeds[:counts.get(v, len(seeds))] for v in variants}
@@ -199,6 +229,61 @@ def _schema_error(error: Any, spec: dict) -> ConfigError:
 _ABSENT = object()
 
 
+def check_unknown_keys(cfg: DictConfig) -> None:
+    """Every key of the composed config must be one that hybridlab.settings documents: a misspelled key in a
+    user's YAML (`sink_tokens: 4` in a variant file, `warmup_step: 5`) or a `+key=` override is refused, with the
+    closest known key suggested, instead of leaving the intended setting at its default."""
+    import difflib
+
+    from hybridlab.settings import SETTINGS, undocumented
+
+    unknown = undocumented(OmegaConf.to_container(cfg, resolve=True))
+    if not unknown:
+        return
+    dotted = unknown[0]
+    known = [k for k in SETTINGS if k.split(".")[0] == dotted.split(".")[0] and "*" not in k]
+    near = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+    where = f"the keys of {dotted.split('.')[0]}" if "." in dotted else "the config's sections"
+    hint = f"did you mean '{near[0]}'?" if near else f"see {where} in docs/config.md"
+    value = OmegaConf.select(cfg, dotted, default=None, throw_on_resolution_failure=False)
+    raise ConfigError(dotted, value, f"a key that hybridlab reads ({hint})")
+
+
+def check_schedule(train: Any) -> None:
+    """Cross-key rules of the schedule, once the step count is known (from train.steps or a token budget):
+    warmup ends before the last step; under wsd, warmup and decay fit in the run."""
+    steps, warmup = int(train.steps), int(train.warmup_steps)
+    _check(warmup < steps, "train.warmup_steps", warmup, f"an integer below the run's steps ({steps})")
+    if train.schedule == "wsd":
+        decay = max(1, int(round(steps * float(train.get("decay_frac") or 0.2))))
+        _check(warmup <= steps - decay, "train.warmup_steps", warmup,
+               f"at most {steps - decay}: the run's {steps} steps minus the wsd decay ({decay} steps, "
+               "train.decay_frac)")
+
+
+def check_backends(cfg: DictConfig) -> None:
+    """A forced kernel backend must be usable here: its package installed, a GPU accelerator (flash-attn and
+    fla run on CUDA only; where torch is already imported, a CUDA device present), no attention sinks for
+    flash-attn."""
+    import importlib.util
+    import sys
+
+    torch = sys.modules.get("torch")  # never imported here: the workflow validates configs without torch
+    no_cuda = cfg.scale.accelerator == "cpu" or (torch is not None and not torch.cuda.is_available())
+    for key, forced, package in (("model.attn_backend", "flash", "flash_attn"), ("model.mixer_backend", "fla", "fla")):
+        if OmegaConf.select(cfg, key) != forced:
+            continue
+        pip = {"flash_attn": "flash-attn", "fla": "flash-linear-attention"}[package]
+        _check(importlib.util.find_spec(package) is not None, key, forced,
+               f"auto or the PyTorch backend: {pip} is not installed on this machine (pip install {pip})")
+        _check(not no_cuda, key, forced, "auto or the PyTorch backend: "
+               f"{pip} needs a CUDA GPU (scale.accelerator is {cfg.scale.accelerator}"
+               + ("" if cfg.scale.accelerator == "cpu" else ", and this machine has none") + ")")
+    if cfg.model.attn_backend == "flash" and int(cfg.variant.get("sinks") or 0) > 0:
+        raise ConfigError("model.attn_backend", "flash", "sdpa, flex or auto: flash-attn cannot attend to the "
+                          f"variant's {cfg.variant.sinks} attention sinks")
+
+
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ConfigError(key, value, allowed)
@@ -217,6 +302,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the composed config; raise ConfigError on the first problem (key, bad value, what is allowed)."""
     try:
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation must resolve
+        check_unknown_keys(cfg)
         _validate(cfg)
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e, cfg) from None
@@ -243,6 +329,9 @@ def _validate(cfg: DictConfig) -> None:
         corpora.check(cfg.data)
 
     t = cfg.train
+    if t.get("budget_k") is None and (cfg.scale.get("budget_k_by_size") or {}).get(cfg.model.name) is None:
+        check_schedule(t)  # with a token budget the steps are known once the model is built (resolve_budget)
+    check_backends(cfg)
     per_step = t.micro_batch_size * t.devices * t.num_nodes
     _check(t.batch_size % per_step == 0, "train.micro_batch_size", t.micro_batch_size,
            f"a divisor of train.batch_size ({t.batch_size}) / (train.devices ({t.devices}) x train.num_nodes "

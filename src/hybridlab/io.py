@@ -3,6 +3,9 @@
 A write goes to a temporary name in the same folder (`.NAME.XXXX.tmp`), is flushed to disk and renamed into
 place, so a killed job or a full disk never leaves a half-written output under the final name (and an earlier
 good file stays intact). A temporary file left by a killed writer is removed by the next write of the same name.
+Files get the mode the umask gives any new file (group-readable under the usual 022 or 027), not mkstemp's 0600.
+A rebuilt folder (`replaced_folder`: the figures, an exported model) is written beside the old one and swapped
+in only when complete.
 Reads check what they can: JSON parses, a table is complete (every row has every field, the file ends with a
 newline), has the documented columns and numbers where numbers belong.
 """
@@ -15,7 +18,9 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -38,6 +43,21 @@ def _fsync(path: str | Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (Linux /proc) where possible."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:  # elsewhere: set and restore it (no file is created by this module meanwhile)
+        mask = os.umask(0o22)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success flush it to disk and rename it over `path`, on failure
@@ -49,6 +69,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600: the result gets the mode any new file would
     try:
         yield Path(tmp)
         _fsync(tmp)  # the data is on disk before the name points at it (a crash never leaves an empty file)
@@ -60,6 +81,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
         if isinstance(e, OSError) and e.filename is None and e.errno is not None:
             raise type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
+
+
+@contextlib.contextmanager
+def replaced_folder(path: str | Path, carry: bool = True) -> Iterator[Path]:
+    """Yield a new folder beside `path` to fill; on success it replaces `path` in two renames (with `carry`, the
+    old folder's top-level entries that the new one lacks are carried over, as hard links); on failure (or a kill)
+    it is removed and `path` stays as it was. A rebuild cut short between the two renames is undone by the next
+    one (the old folder put back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    olds = sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"))
+    if olds and not path.exists():
+        os.rename(olds.pop(), path)
+    for stale in [*olds, *path.parent.glob(f".{glob.escape(path.name)}.new-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    os.chmod(new, 0o777 & ~umask())
+    try:
+        yield new
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        if path.exists():
+            for entry in path.iterdir() if carry else ():  # e.g. a Snakemake report kept in a paper folder
+                if (new / entry.name).exists():
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=os.link)
+                else:
+                    os.link(entry, new / entry.name, follow_symlinks=False)
+            os.rename(path, old)
+        os.rename(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
         raise
 
 

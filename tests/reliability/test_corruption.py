@@ -66,7 +66,7 @@ def test_damaged_train_shard_stops_training(tmp_path, data, damage, capsys):
     shard = data / "train_tokens_000.npy"
     DAMAGE[damage](shard)
     run = tmp_path / "run"
-    assert_rejected(train_argv(data, run, "full", 0, "train.steps=2"), shard, capsys)
+    assert_rejected(train_argv(data, run, "full", 0, "train.steps=2", "train.warmup_steps=1"), shard, capsys)
     assert not (run / "train_done.json").exists() and not list(run.glob("ckpt/*.pt"))
 
 
@@ -82,7 +82,8 @@ def test_damaged_eval_data_stops_evaluation(tmp_path, data, trained_run, name, c
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_damaged_manifest_is_named(tmp_path, data, damage, capsys):
     DAMAGE[damage](data / "manifest.json")
-    assert_rejected(train_argv(data, tmp_path / "run", "full", 0, "train.steps=2"), data / "manifest.json", capsys)
+    argv = train_argv(data, tmp_path / "run", "full", 0, "train.steps=2", "train.warmup_steps=1")
+    assert_rejected(argv, data / "manifest.json", capsys)
 
 
 # --- trajectory checkpoints -------------------------------------------------------------------------------------
@@ -121,19 +122,19 @@ def unfinished(run: Path) -> Path:
 
 def test_truncated_last_ckpt_never_resumes(tmp_path, tiny_data, run):
     truncate(unfinished(run))
-    rc = run_cli(train_argv(tiny_data, run, "swa128", 0, "train.steps=12"), tmp_path / "train.log")
+    rc = run_cli(train_argv(tiny_data, run, "swa128", 0, "train.steps=8"), tmp_path / "train.log")
     assert rc != 0 and not (run / "train_done.json").exists()
 
 
 def test_truncated_last_ckpt_is_named(tiny_data, run, capsys):
     last = unfinished(run)
     truncate(last)
-    assert_rejected(train_argv(tiny_data, run, "swa128", 0, "train.steps=12"), last, capsys)
+    assert_rejected(train_argv(tiny_data, run, "swa128", 0, "train.steps=8"), last, capsys)
 
 
 def test_altered_last_ckpt_is_detected(tmp_path, tiny_data, run):
     flip_tensor_byte(unfinished(run))
-    rc = run_cli(train_argv(tiny_data, run, "swa128", 0, "train.steps=12"), tmp_path / "train.log")
+    rc = run_cli(train_argv(tiny_data, run, "swa128", 0, "train.steps=8"), tmp_path / "train.log")
     assert rc == 2 and "last.ckpt" in (tmp_path / "train.log").read_text()
 
 
@@ -174,7 +175,8 @@ def test_damaged_table_stops_aggregation(tmp_path, eval_table, damage, capsys):
 
 
 def test_data_for_another_context_is_a_config_error(tmp_path, tiny_data, capsys):
-    argv = [a for a in train_argv(tiny_data, tmp_path / "run", "full", 0, "train.steps=2") if "scale.context" not in a]
+    argv = [a for a in train_argv(tiny_data, tmp_path / "run", "full", 0, "train.steps=2", "train.warmup_steps=1")
+            if "scale.context" not in a]
     assert main(argv) == 2  # the folder holds context-128 sequences, the run wants the smoke scale's 256
     err = capsys.readouterr().err
     assert "config key 'scale.context': got 256" in err and str(tiny_data) in err, err

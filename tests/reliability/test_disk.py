@@ -120,7 +120,7 @@ def test_real_write_limit_keeps_the_previous_output(tmp_path):
     inputs = []
     for i in range(4):
         path = tmp_path / f"in{i}.csv"
-        io.write_table(path, pd.DataFrame([row] * 60, columns=cols))
+        io.write_table(path, pd.DataFrame([{**row, "seed": i, "step": j} for j in range(60)], columns=cols))
         inputs.append(str(path))
     out = tmp_path / "tables" / "eval.csv"
     out.parent.mkdir()

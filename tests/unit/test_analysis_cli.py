@@ -22,7 +22,7 @@ VARIANT = "swa128"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path]:
+def run(tmp_path_factory, finish_run) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("analysis")
     data, run_dir = root / "data", root / "runs" / "tiny" / VARIANT / "seed0"
     assert main(["prepare-data", "--out", str(data), *OVERRIDES]) == 0
@@ -35,7 +35,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
         save_weights(model, run_dir / "ckpt", step, step * 64)
-    (run_dir / "train_done.json").write_text('{"steps": 4}')  # evaluation only reads finished runs
+    finish_run(run_dir, cfg)  # evaluation only reads finished runs
     args = ["--variant", VARIANT, "--data", str(data), "--run", str(run_dir), *OVERRIDES]
     out = {kind: run_dir / name for kind, name in RUN_FILES.items()}
     for cmd in ("evaluate", "receptive", "probe", "gradinf"):
@@ -120,16 +120,16 @@ def test_scaling_fit_reads_an_eval_table_and_explains_what_is_missing(run, tmp_p
     assert np.isfinite(table["N"]).all()
 
 
-def test_evaluate_group_writes_exactly_the_tables_of_the_single_stages(run, tmp_path):
+def test_evaluate_group_writes_exactly_the_tables_of_the_single_stages(run, tmp_path, finish_run):
     """One process for every per-run stage of several runs gives, per run, the files the single stages give."""
     import shutil
 
     src = run["eval"].parent
     runs = [tmp_path / "runs" / "tiny" / VARIANT / f"seed{i}" for i in (0, 1)]
-    for r in runs:
+    for seed, r in enumerate(runs):  # the same weights, marked as the runs of seeds 0 and 1
         r.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src / "ckpt", r / "ckpt")
-        shutil.copy(src / "train_done.json", r / "train_done.json")
+        finish_run(r, load_config("smoke", VARIANT, seed, OVERRIDES))
     data = run["args"][run["args"].index("--data") + 1]
     assert main(["evaluate-group", *OVERRIDES, "--variant", VARIANT, "--seeds", "0", "0", "--data", data,
                  "--runs", *map(str, runs)]) == 2  # seeds must be distinct: refused, nothing written

@@ -31,7 +31,7 @@ def test_benchmark_mini_shape_concurrent_and_profile(tmp_path):
     kernel-time profile table beside the CSV; each row dated and versioned."""
     out = tmp_path / "mini.csv"
     common = ["benchmark", "--scale", "mini", "--variants", "full", "--sizes", "tiny", "--context", "32",
-              "--batch", "2", "--steps", "2", "--set", "train.steps=10"]
+              "--batch", "2", "--steps", "2", "--set", "train.steps=10", "train.warmup_steps=1"]
     assert main([*common, "--profile", "--out", str(out)]) == 0
     assert main([*common, "--concurrent", "2", "--out", str(tmp_path / "two.csv")]) == 0
     one, two = pd.read_csv(out), pd.read_csv(tmp_path / "two.csv")

@@ -250,15 +250,16 @@ def test_a_stream_that_runs_short_scales_the_split_and_keeps_its_shares(inputs, 
     assert short["rows"] in (short["available_rows"], report["rows"] // 2)
 
 
-def test_training_on_the_shards_equals_training_on_the_same_tokens_in_memory(one_worker, tmp_path, monkeypatch):
+def test_training_on_the_shards_equals_training_on_the_same_tokens_in_memory(one_worker, inputs, tmp_path,
+                                                                             monkeypatch):
     torch = pytest.importorskip("torch")
     from hybridlab.train import run
 
     _, data, _ = one_worker
     tokens, _ = load_split(data, "train")
     assert isinstance(tokens, SplitRows)  # several group shards, memory-mapped
-    cfg = load_config("smoke", "swa128", 0, [f"scale.context={CONTEXT}", "train.steps=6", "train.batch_size=4",
-                                             "train.micro_batch_size=2", "train.n_checkpoints=1",
+    cfg = load_config("smoke", "swa128", 0, [*two_corpus_overrides(inputs), "train.steps=6",
+                                             "train.batch_size=4", "train.micro_batch_size=2", "train.n_checkpoints=1",
                                              "train.warmup_steps=1", "train.log_every=1"])
     torch.set_num_threads(1)
     mapped = run.train(cfg, data, tmp_path / "mapped")

@@ -83,7 +83,7 @@ def test_tokenizers_load_with_autotokenizer(tmp_path):
     assert tok.bos_token_id == tok.eos_token_id == 1 and tok.pad_token_id == 0
 
 
-def test_a_text_checkpoint_exports_its_data_tokenizer(tmp_path):
+def test_a_text_checkpoint_exports_its_data_tokenizer(tmp_path, finish_run):
     pytest.importorskip("tokenizers")
     from hybridlab.cli import main
     from hybridlab.data.real import load_tokenizer
@@ -103,7 +103,7 @@ def test_a_text_checkpoint_exports_its_data_tokenizer(tmp_path):
     model = build_model(cfg, 300).eval()
     (tmp_path / "run" / "ckpt").mkdir(parents=True)
     save_weights(model, tmp_path / "run" / "ckpt", 1, 256)
-    (tmp_path / "run" / "train_done.json").write_text("{}")
+    finish_run(tmp_path / "run", cfg)
     assert main(["export-hf", "--variant", "full", "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"),
                  "--out", str(tmp_path / "hf"), *over]) == 0
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")

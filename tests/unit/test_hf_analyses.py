@@ -119,7 +119,7 @@ def test_gradient_influence_is_the_gradient_through_inputs_embeds(llama_tables, 
         low = high
 
 
-def test_an_exported_checkpoint_gives_the_tables_of_its_run(data, tmp_path):
+def test_an_exported_checkpoint_gives_the_tables_of_its_run(data, tmp_path, finish_run):
     variant = "swa128"
     cfg = load_config("smoke", variant, 0, OVERRIDES)
     run = tmp_path / "run"
@@ -130,7 +130,7 @@ def test_an_exported_checkpoint_gives_the_tables_of_its_run(data, tmp_path):
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     save_weights(model, run / "ckpt", 4, 4 * 64)
-    (run / "train_done.json").write_text("{}")
+    finish_run(run, cfg)
     assert main(["export-hf", "--variant", variant, "--data", str(data), "--run", str(run), "--out",
                  str(tmp_path / "hf"), *OVERRIDES]) == 0
     native = run_all(data, run, tmp_path / "native", variant)

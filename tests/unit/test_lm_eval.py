@@ -53,7 +53,7 @@ def loglik(model, context: list[int], continuation: list[int]) -> tuple[float, b
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, finish_run):
     root = tmp_path_factory.mktemp("lmeval")
     assert main(["prepare-data", "--out", str(root / "data"), *OVERRIDES]) == 0
     cfg = load_config("smoke", VARIANT, 0, OVERRIDES)
@@ -65,7 +65,7 @@ def setup(tmp_path_factory):
             p.mul_(8.0)  # larger weights: sharper predictions, so choices and generations differ
     (root / "run" / "ckpt").mkdir(parents=True)
     save_weights(model, root / "run" / "ckpt", 3, 192)
-    (root / "run" / "train_done.json").write_text("{}")
+    finish_run(root / "run", cfg)
     tok = synthetic_tokenizer(vocab)
     generated = [tok.decode(greedy(model, [1, *tok.encode(p)], 5)) for p in GEN_PROMPTS]
     targets = [g.split("<sep>")[0].strip() if i % 2 == 0 else "w0 w0" for i, g in enumerate(generated)]

@@ -58,14 +58,14 @@ def test_the_reference_models_mask_is_written_for_the_val_split(prepared):
     assert 0 < mask.mean() < 1 and not mask[:, :WINDOW + 1].any()  # the first window has no long context
 
 
-def test_evaluation_reports_the_loss_over_the_key_tokens(prepared):
+def test_evaluation_reports_the_loss_over_the_key_tokens(prepared, finish_run):
     cfg, root, m = prepared
     run = root / "run"
     (run / "ckpt").mkdir(parents=True)
     torch.manual_seed(1)
     model = build_model(cfg, m["vocab_size"]).eval()
     save_weights(model, run / "ckpt", 1, CONTEXT * 16)
-    (run / "train_done.json").write_text("{}")
+    finish_run(run, cfg)
     ev = evaluate_run(cfg, root / "data", run)
     value = ev[ev["metric"] == "log_longppl"]["value"].item()
     val = load_val(cfg, root / "data")

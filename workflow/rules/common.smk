@@ -4,6 +4,8 @@ import shlex
 import sys
 
 from hybridlab.config import ConfigError, check_workflow_config, load_config
+from hybridlab.identity import check_workflow_data
+from hybridlab.io import CorruptFileError
 from hybridlab.analysis.schemas import RUN_FILES
 from hybridlab.figures import FIGURE_NAMES
 
@@ -13,11 +15,28 @@ try:
     PLAN = check_workflow_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 except ConfigError as e:
     sys.exit(f"bad configuration: {e}")
+RES = f"{config['results_dir']}/{config['scale']}"
+# An existing data folder prepared with other settings (a changed data override, which `rerun-triggers: mtime`
+# does not see) is refused here too: its runs were trained on it. `--forcerun prepare_data` (or --forceall)
+# rebuilds it on purpose. Checked in the main Snakemake process only (a cluster job re-reads this file), and
+# from the command line: Snakemake has not set workflow.dag_settings when it reads the Snakefile.
+def _forced(rule):
+    args = sys.argv[1:]
+    if {"-F", "--forceall"} & set(args):
+        return True
+    flags = [i for i, a in enumerate(args) if a in ("-R", "--forcerun") or a.startswith("--forcerun=")]
+    return any(rule in args[i + 1:] or args[i] == f"--forcerun={rule}" for i in flags)
+
+
+if workflow.is_main_process and not _forced("prepare_data"):
+    try:
+        check_workflow_data(f"{RES}/data", config["scale"], config["overrides"])
+    except (ConfigError, CorruptFileError) as e:
+        sys.exit(f"bad configuration: {e}")
 VARIANTS, SEEDS = PLAN["variants"], PLAN["seeds"]
 SEEDS_BY_VARIANT = PLAN["seeds_by_variant"]  # a variant may run the first n seeds only (scale.seed_counts)
 SIZES = PLAN["sizes"]
 SCALE = config["scale"]
-RES = f"{config['results_dir']}/{SCALE}"
 PAPER = f"{config['paper_dir']}/{SCALE}"
 # Arguments every stage gets: the scale and the Hydra overrides.
 COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in config["overrides"])])
@@ -28,7 +47,8 @@ def gpu_wrap(count=1):
     """The command prefix that gives a job `count` GPUs of its own on a GPU machine (see the script); none on CPU."""
     if not ON_GPU:
         return ""
-    return f"{sys.executable} {workflow.basedir}/workflow/scripts/gpu_lock.py" + (f" --count {count}" if count > 1 else "") + " --"
+    script = shlex.quote(f"{workflow.basedir}/workflow/scripts/gpu_lock.py")
+    return f"{shlex.quote(sys.executable)} {script}" + (f" --count {count}" if count > 1 else "") + " --"
 
 
 # On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs.

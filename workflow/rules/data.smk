@@ -33,7 +33,7 @@ if DATA_GROUPS:
             mem_mb=4000,
             runtime=60,
         shell:
-            "hybridlab prepare-data --out {DATA} --tokenizer-only {params.common} > {log} 2>&1"
+            "hybridlab prepare-data --out {DATA:q} --tokenizer-only {params.common} > {log:q} 2>&1"
 
     rule prepare_group:
         """Tokenize one group of a corpus in {threads} processes and pack it into token shards (groups/CORPUS/G*)."""
@@ -55,8 +55,8 @@ if DATA_GROUPS:
             mem_mb=lambda wc, threads: 1500 + 500 * threads,
             runtime=120,  # minutes; a paper group (~250M tokens) tokenizes in ~2 min on 8 cores, the rest is download
         shell:
-            "hybridlab prepare-data --out {DATA} --group {wildcards.corpus}/{wildcards.group} --workers {threads} "
-            "{params.common} > {log} 2>&1"
+            "hybridlab prepare-data --out {DATA:q} --group {wildcards.corpus:q}/{wildcards.group:q} --workers {threads} "
+            "{params.common} > {log:q} 2>&1"
 
 
 rule prepare_data:
@@ -79,5 +79,5 @@ rule prepare_data:
         mem_mb=8000 if DATA_GROUPS else 2000,
         runtime=120 if DATA_GROUPS else 30,
     shell:
-        "OMP_NUM_THREADS=1 hybridlab prepare-data --out $(dirname {output.manifest}) --workers {threads} "
-        "{params.common} > {log} 2>&1"
+        "OMP_NUM_THREADS=1 hybridlab prepare-data --out \"$(dirname {output.manifest:q})\" --workers {threads} "
+        "{params.common} > {log:q} 2>&1"

@@ -27,9 +27,9 @@ rule evaluate:
     resources:
         gpu=1 if ON_GPU else 0,
     shell:
-        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab {params.cmd} --size {wildcards.size} --variant {wildcards.variant} "
-        "--seed {wildcards.seed} --data {params.data} --run {params.run} {params.outputs} {params.common} "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab {params.cmd} --size {wildcards.size:q} "
+        "--variant {wildcards.variant:q} --seed {wildcards.seed:q} --data {params.data:q} --run {params.run:q} "
+        "{params.outputs} {params.common} > {log:q} 2>&1"
 
 
 use rule evaluate as receptive with:
@@ -99,6 +99,6 @@ if GROUP_EVAL:
             resources:
                 gpu=1 if ON_GPU else 0,
             shell:
-                "OMP_NUM_THREADS={threads} {params.wrap} hybridlab evaluate-group --size {wildcards.size} "
-                "--variant {wildcards.variant} --seeds {params.seeds} --data {params.data} --runs {params.runs} "
-                "{params.common} > {log} 2>&1"
+                "OMP_NUM_THREADS={threads} {params.wrap} hybridlab evaluate-group --size {wildcards.size:q} "
+                "--variant {wildcards.variant:q} --seeds {params.seeds} --data {params.data:q} --runs {params.runs} "
+                "{params.common} > {log:q} 2>&1"

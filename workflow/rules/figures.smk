@@ -2,7 +2,8 @@
 #   figures       the default: tables made by this DAG -> paper/{scale}/
 #   figures_only  with --config figures_only=true, in place of every other stage: rebuild paper/{scale}/ from the
 #                 tables already in {results_dir}/{scale}/tables/, nothing else
-#                 (`snakemake --cores 1 --config scale=mini results_dir=results figures_only=true`; `make figures`)
+#                 (`snakemake --cores 1 --config scale=mini results_dir=results figures_only=true`); `make figures`
+#                 runs `hybridlab figures` itself: Snakemake would delete the old paper/{scale}/ before a rebuild
 # Browsable report with every figure, caption and table: `snakemake --report paper/{scale}/snakemake_report.html`
 # (with the same --config as the run it reports on; `make report-html`).
 from hybridlab.analysis.schemas import OPTIONAL_RUN_FILES, RUN_FILES
@@ -46,7 +47,7 @@ FIGURES_PARAMS = {
     "paper": lambda wc, output: os.path.dirname(output.report),
 }
 FIGURES_SHELL = (
-    "hybridlab figures --scale {params.scale} --tables {params.tables} --out {params.paper} > {log} 2>&1"
+    "hybridlab figures --scale {params.scale:q} --tables {params.tables:q} --out {params.paper:q} > {log:q} 2>&1"
 )
 
 
@@ -85,7 +86,7 @@ else:
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
+            "hybridlab aggregate --kind {wildcards.kind:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
     if BUDGETS:
 
@@ -101,7 +102,7 @@ else:
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab aggregate --kind eval --out {output} {input} > {log} 2>&1"
+                "hybridlab aggregate --kind eval --out {output:q} {input:q} > {log:q} 2>&1"
 
         rule scaling_fit:
             input:
@@ -116,8 +117,8 @@ else:
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab scaling-fit --table {input} --out {output.fit} --draws-out {output.draws} {params.common} "
-                "> {log} 2>&1"
+                "hybridlab scaling-fit --table {input:q} --out {output.fit:q} --draws-out {output.draws:q} {params.common} "
+                "> {log:q} 2>&1"
 
     rule describe:
         output:
@@ -129,7 +130,7 @@ else:
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab describe --out {output} {params.common} > {log} 2>&1"
+            "hybridlab describe --out {output:q} {params.common} > {log:q} 2>&1"
 
 
     rule figures:
@@ -160,4 +161,4 @@ rule report_index:
     conda:
         "../../envs/hybridlab.yaml"
     shell:
-        "hybridlab report-index --paper $(dirname {output}) > {log} 2>&1"
+        "hybridlab report-index --paper \"$(dirname {output:q})\" > {log:q} 2>&1"

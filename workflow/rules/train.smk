@@ -34,8 +34,8 @@ if GROUP_SEEDS:
                 gpu=TRAIN_GPUS,
                 train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
             shell:
-                _TRAIN_SHELL + "train-group --size {wildcards.size} --variant {wildcards.variant} "
-                "--seeds {params.seeds} --data {params.data} --outs {params.outs} {params.common} > {log} 2>&1"
+                _TRAIN_SHELL + "train-group --size {wildcards.size:q} --variant {wildcards.variant:q} "
+                "--seeds {params.seeds} --data {params.data:q} --outs {params.outs} {params.common} > {log:q} 2>&1"
 
 else:
 
@@ -60,8 +60,8 @@ else:
             gpu=TRAIN_GPUS,
             train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
         shell:
-            _TRAIN_SHELL + "train --size {wildcards.size} --variant {wildcards.variant} --seed {wildcards.seed} "
-            "--data {params.data} --out {params.run} {params.common} > {log} 2>&1"
+            _TRAIN_SHELL + "train --size {wildcards.size:q} --variant {wildcards.variant:q} --seed {wildcards.seed:q} "
+            "--data {params.data:q} --out {params.run:q} {params.common} > {log:q} 2>&1"
 
 
 # The scaling grid's decay branches: each forks from the stable run at its budget's fork step.
@@ -87,6 +87,6 @@ rule train_branch:
     resources:
         gpu=TRAIN_GPUS,
     shell:
-        "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train-branch --size {wildcards.size} "
-        "--variant {wildcards.variant} --seed {wildcards.seed} --budget {wildcards.k} --data {params.data} "
-        "--stable {params.stable} --out {params.out} {params.common} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train-branch --size {wildcards.size:q} "
+        "--variant {wildcards.variant:q} --seed {wildcards.seed:q} --budget {wildcards.k:q} --data {params.data:q} "
+        "--stable {params.stable:q} --out {params.out:q} {params.common} > {log:q} 2>&1"

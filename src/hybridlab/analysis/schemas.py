@@ -35,6 +35,11 @@ MASKING_COLUMNS = (*RUN_KEYS, "k", "heads", "length", "metric", "value")
 # A training run's metrics table (metrics.csv; aggregated as tables/train.csv with variant and seed added).
 TRAIN_COLUMNS = ("step", "tokens", "loss", "lr", "tokens_per_s", "mfu", "peak_mem_gb")
 
+# Columns of the tables above that hold what was measured; every other column is part of a row's key, which
+# `hybridlab aggregate` checks no two rows share.
+MEASURED = ("value", "stderr", "final_mass", "onset_tokens", "formed", "loss", "lr", "tokens_per_s", "mfu",
+            "peak_mem_gb")
+
 TABLES = {
     "eval": EVAL_COLUMNS,
     "heads": HEAD_COLUMNS,

@@ -195,6 +195,48 @@ def _hf_texts(corpus: Corpus, g: int) -> Iterator[str]:
         yield from batch[corpus.text_field]
 
 
+def _bad_input(where: str, why: str):
+    from hybridlab.io import CorruptFileError
+
+    return CorruptFileError(where, why)
+
+
+def _utf8_error(path: str, raw: bytes, e: UnicodeDecodeError, line: int | None = None):
+    """The file, line and byte of text that is not UTF-8."""
+    line = raw.count(b"\n", 0, e.start) + 1 if line is None else line
+    return _bad_input(f"{path}:{line}", f"not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at offset {e.start} "
+                      "of the line); convert the file, e.g. with iconv -t utf-8")
+
+
+def _text_value(value, where: str, field: str):
+    if value is not None and not isinstance(value, str):
+        raise _bad_input(where, f"field {field!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
+    return value
+
+
+def _json_lines(path: str, field: str, corpus: Corpus) -> Iterator[str]:
+    """The `field` of each JSON object of a JSON Lines file; a malformed record is named by file and line."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, raw, e, i) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _bad_input(f"{path}:{i}", f"not a JSON object (JSON Lines: one per line): {e.msg} at "
+                                 f"column {e.colno}") from None
+            if not isinstance(row, dict):
+                raise _bad_input(f"{path}:{i}", f"a JSON {type(row).__name__}, not an object with a "
+                                 f"{field!r} field (JSON Lines: one object per line)")
+            if field not in row:
+                _check_field(corpus, list(row), f"{path}:{i}")
+            yield _text_value(row[field], f"{path}:{i}", field)
+
+
 def _file_texts(corpus: Corpus, g: int) -> Iterator[str]:
     paths = resolve_files(corpus.files, f"{corpus.key}.files")
     lo, hi = _part(len(paths), corpus.groups, g)
@@ -202,20 +244,39 @@ def _file_texts(corpus: Corpus, g: int) -> Iterator[str]:
     for p in paths[lo:hi]:
         kind = FILE_KINDS[Path(p).suffix.lower()]
         if kind == "text":
-            yield Path(p).read_text(encoding="utf-8")
+            raw = Path(p).read_bytes()
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(p, raw, e) from None
         elif kind == "json":
-            with open(p, encoding="utf-8") as f:
-                for i, line in enumerate(f):
-                    if line.strip():
-                        row = json.loads(line)
-                        if field not in row:
-                            _check_field(corpus, list(row), f"{p}:{i + 1}")
-                        yield row[field]
+            yield from _json_lines(p, field, corpus)
         else:
-            pf = _need("pyarrow.parquet").ParquetFile(p)
-            _check_field(corpus, pf.schema_arrow.names, p)
-            for batch in pf.iter_batches(batch_size=READ_BATCH, columns=[field]):
-                yield from batch.column(field).to_pylist()
+            yield from _parquet_texts(p, field, corpus)
+
+
+def _parquet_texts(path: str, field: str, corpus: Corpus) -> Iterator[str]:
+    """The `field` of each row of a Parquet file; a file pyarrow cannot read, or a value that is not text, is
+    named (the row counted from 1)."""
+    def unreadable(e: Exception):
+        return _bad_input(path, f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})")
+
+    try:  # pyarrow's ArrowInvalid is a ValueError, its I/O errors OSErrors
+        pf = _need("pyarrow.parquet").ParquetFile(path)
+    except (OSError, ValueError) as e:
+        raise unreadable(e) from None
+    _check_field(corpus, pf.schema_arrow.names, path)
+    batches, row = pf.iter_batches(batch_size=READ_BATCH, columns=[field]), 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (OSError, ValueError) as e:
+            raise unreadable(e) from None
+        if batch is None:
+            return
+        for value in batch.column(field).to_pylist():
+            row += 1
+            yield _text_value(value, f"{path} (row {row})", field)
 
 
 def group_texts(corpus: Corpus, g: int) -> Iterator[str]:
@@ -223,8 +284,8 @@ def group_texts(corpus: Corpus, g: int) -> Iterator[str]:
     if not 0 <= g < corpus.groups:
         raise _error(f"{corpus.key}.groups", corpus.groups, f"more than {g} groups (asked for group {g})")
     texts = _file_texts(corpus, g) if corpus.files else _hf_texts(corpus, g)
-    for text in texts:
-        if text and text.strip():
+    for i, text in enumerate(texts, start=1):
+        if text and _text_value(text, f"{corpus.key} (group {g}, document {i})", corpus.text_field).strip():
             yield text
 
 

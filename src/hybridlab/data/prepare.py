@@ -33,13 +33,13 @@ from hybridlab.data.evalsets import (
     make_evalset,
 )
 from hybridlab.data.niah import make_niah
-from hybridlab.data.shards import MANIFEST, save_array, token_dtype
+from hybridlab.data.shards import MANIFEST, member, save_array, token_dtype
 from hybridlab.data.synthetic import N_SPECIAL, CorpusSpec, SyntheticCorpus
-from hybridlab.io import read_json, sha256_file, write_json
+from hybridlab.io import CorruptFileError, read_json, sha256_file, write_json
 
 log = logging.getLogger("hybridlab")
 SEQS_PER_SHARD = 4096
-FORMAT = 3  # bump when generation or layout changes, so old folders are rebuilt (3: needles between sentences)
+FORMAT = 4  # bump when generation or layout changes, so old folders are rebuilt (4: the manifest records its settings)
 SOURCES = ("synthetic", "text")
 
 
@@ -62,17 +62,27 @@ def eval_tasks(cfg: DictConfig) -> list[str]:
     return tasks
 
 
-def data_fingerprint(cfg: DictConfig, parts: list[str] = ()) -> str:
-    """The fingerprint of a data folder: data and eval settings, context, format, the haystack file's content,
-    and for real text the fingerprints of the tokenizer and of every group (`parts`)."""
+def data_settings(cfg: DictConfig) -> dict:
+    """The settings a data folder is made from, flat (`data.corpus_seed`: 1234, `eval.niah_samples`: 32, ...): the
+    format, the context, every data setting, the eval sets' settings (NIAH lengths in tokens) and the sha256 of the
+    haystack file. The manifest records them; a command that reads the folder compares them with its own config
+    (hybridlab.identity.check_data)."""
+    from hybridlab.identity import flatten
+
     e = cfg.eval
-    relevant = {"format": FORMAT, "data": OmegaConf.to_container(cfg.data, resolve=True),
-                "context": int(cfg.scale.context),
-                "eval": [eval_lengths(cfg), e.niah_samples, list(e.niah_depth_range), list(e.get("ruler_tasks", [])),
-                         e.get("ruler_samples", 0), e.get("probe_samples", 0), e.get("eval_seed", 0)],
-                "inputs": [sha256_file(haystack_path(e.haystack_file))] if e.get("haystack_file") else []}
-    if parts:
-        relevant["parts"] = list(parts)
+    haystack = e.get("haystack_file")
+    return {"format": FORMAT, "scale.context": int(cfg.scale.context), **flatten(cfg.data, "data"),
+            "eval.niah_lengths": eval_lengths(cfg), "eval.niah_samples": int(e.niah_samples),
+            "eval.niah_depth_range": list(e.niah_depth_range), "eval.ruler_tasks": list(e.get("ruler_tasks", [])),
+            "eval.ruler_samples": int(e.get("ruler_samples", 0)), "eval.probe_samples": int(e.get("probe_samples", 0)),
+            "eval.eval_seed": int(e.get("eval_seed", 0)),
+            "eval.haystack_file": sha256_file(haystack_path(haystack)) if haystack else None}
+
+
+def data_fingerprint(cfg: DictConfig, parts: list[str] = ()) -> str:
+    """The fingerprint of a data folder: its settings (`data_settings`) and for real text the fingerprints of the
+    tokenizer and of every group (`parts`, which cover the content of the input files)."""
+    relevant = {"settings": data_settings(cfg), "parts": list(parts)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -265,8 +275,14 @@ def _listed_files(manifest: dict) -> set[str]:
 def prepare(cfg: DictConfig, out: str | Path, workers: int = 1) -> dict:
     """The whole data stage into `out` (the synthetic corpus generated in `workers` processes; for real text:
     the tokenizer, each group not yet finished, with `workers` tokenizer processes, then the mix); returns the
-    manifest. The data never depend on `workers`."""
-    out = Path(out)
+    manifest. The data never depend on `workers`. The folder is locked meanwhile (a second writer is refused)."""
+    from hybridlab.identity import folder_lock
+
+    with folder_lock(out):
+        return _prepare(cfg, Path(out), workers)
+
+
+def _prepare(cfg: DictConfig, out: Path, workers: int) -> dict:
     source = cfg.data.source
     if source not in SOURCES:
         raise _error("data.source", source, ", ".join(SOURCES))
@@ -293,7 +309,8 @@ def prepare(cfg: DictConfig, out: str | Path, workers: int = 1) -> dict:
     long_threshold = int(round(cfg.data.long_threshold * context))
     splits = built.pop("splits")
     manifest = {
-        "format": FORMAT, "source": source, "fingerprint": fingerprint, "context": context,
+        "format": FORMAT, "source": source, "fingerprint": fingerprint, "settings": data_settings(cfg),
+        "context": context,
         "sequences": {s: sum(_n_rows(e) for e in v) for s, v in splits.items()},
         "tokens": {s: sum(_n_rows(e) * context for e in v) for s, v in splits.items()},
         "key_tokens": _key_counts(out, splits, long_threshold),
@@ -303,9 +320,14 @@ def prepare(cfg: DictConfig, out: str | Path, workers: int = 1) -> dict:
     write_json(out / MANIFEST, manifest)
     if old is not None:  # group files belong to their group records, which keep them while up to date
         for name in _listed_files(old) - _listed_files(manifest):
+            try:
+                path = member(out, name)
+            except CorruptFileError as e:  # a tampered manifest: never remove anything outside the folder
+                log.warning("%s; not removed", e)
+                continue
             if not name.startswith("groups/"):
                 with contextlib.suppress(FileNotFoundError):
-                    (out / name).unlink()
+                    path.unlink()
     if source == "text":
         _remove_stale_groups(out, records)
     return manifest
@@ -342,8 +364,8 @@ def _key_counts(out: Path, splits: dict, long_threshold: int) -> dict[str, int]:
         n = 0
         for e in entries:
             if "key" in e:
-                n += int(np.load(out / e["key"]["file"], mmap_mode="r").sum())
+                n += int(np.load(member(out, e["key"]["file"]), mmap_mode="r").sum())
             elif "dist" in e:
-                n += int((np.load(out / e["dist"]["file"], mmap_mode="r") >= max(1, long_threshold)).sum())
+                n += int((np.load(member(out, e["dist"]["file"]), mmap_mode="r") >= max(1, long_threshold)).sum())
         counts[split] = n
     return counts

@@ -94,8 +94,23 @@ def save_array(path: Path, array: np.ndarray, root: Path | None = None) -> dict:
     return {"file": name, "shape": list(array.shape), "dtype": str(array.dtype), "sha256": sha256_file(path)}
 
 
+def member(folder: str | Path, name) -> Path:
+    """`folder / name` for a file a manifest lists; CorruptFileError if the name leads outside the folder (an
+    absolute path, `..`, or through a link to a folder elsewhere): a tampered manifest never reads or removes
+    files that are not the folder's."""
+    folder = Path(folder)
+    rel = Path(name) if isinstance(name, str) and name else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts:
+        raise CorruptFileError(folder / MANIFEST, f"lists {name!r}, a path outside the data folder")
+    path = folder / rel
+    if not path.parent.resolve().is_relative_to(folder.resolve()):
+        raise CorruptFileError(folder / MANIFEST, f"lists {name!r}, which leads outside the data folder through "
+                               "a link")
+    return path
+
+
 def verify_file(folder: Path, entry: dict) -> Path:
-    path = folder / entry["file"]
+    path = member(folder, entry["file"])
     if not path.exists():
         raise CorruptFileError(path, "listed in the manifest but missing")
     if sha256_file(path) != entry["sha256"]:
@@ -104,7 +119,7 @@ def verify_file(folder: Path, entry: dict) -> Path:
 
 
 def load_array(folder: Path, entry: dict, verify: bool = True) -> np.ndarray:
-    path = verify_file(folder, entry) if verify else folder / entry["file"]
+    path = verify_file(folder, entry) if verify else member(folder, entry["file"])
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as e:

@@ -7,35 +7,51 @@ here, so each of them takes either."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from hybridlab.digest import load_verified
 from hybridlab.evals.hf_model import checkpoint_info, hf_model_dirs, load_hf
-from hybridlab.io import CorruptFileError
+from hybridlab.identity import check_stamp, run_identity
+from hybridlab.io import CorruptFileError, read_json
 from hybridlab.models import HybridLM, build_model
+
+log = logging.getLogger("hybridlab")
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The run's trajectory checkpoints, oldest first; only of a run that finished (train_done.json), so an
-    interrupted run never yields a table that looks complete. Hugging Face models: their folders."""
+    """The run's trajectory checkpoints, oldest first: those its train_done.json lists (a file dropped into ckpt/
+    is ignored, a listed one missing is an error); only of a run that finished, so an interrupted run never
+    yields a table that looks complete. Hugging Face models: their folders."""
     hf = hf_model_dirs(run_dir)
     if hf is not None:
         return hf
     done = Path(run_dir) / "train_done.json"
     if not done.exists():
         raise FileNotFoundError(f"{done}: missing; the run has not finished training (re-run the train stage)")
-    paths = sorted((Path(run_dir) / "ckpt").glob("tokens_*.pt"))
-    if not paths:
-        raise FileNotFoundError(f"{run_dir}/ckpt: no checkpoints; run the train stage first")
+    names = read_json(done).get("checkpoints")
+    if not isinstance(names, list) or not all(isinstance(n, str) and Path(n).name == n for n in names or [None]):
+        raise CorruptFileError(done, f"no list of checkpoint file names (checkpoints: {names!r})")
+    folder = Path(run_dir) / "ckpt"
+    paths = [folder / n for n in names]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise CorruptFileError(missing[0], f"listed in {done.name} but missing")
+    unlisted = sorted({p.name for p in folder.glob("tokens_*.pt")} - set(names))
+    if unlisted:
+        log.warning("%s: ignoring %s, not written by this run (train_done.json lists its checkpoints)", folder,
+                    ", ".join(unlisted))
     return paths
 
 
-def load_checkpoint(path: str | Path, model: HybridLM) -> dict:
-    """Load weights into `model` (weights_only: no code from the file runs; the tensors' checksum must match);
-    return step and tokens."""
+def load_checkpoint(path: str | Path, model: HybridLM, identity: dict | None = None) -> dict:
+    """Load weights into `model` (weights_only: no code from the file runs; the tensors' checksum must match,
+    and with `identity`, the run that wrote the file: hybridlab.identity); return step and tokens."""
     blob = load_verified(path, covered=("model",))
+    if identity is not None:
+        check_stamp(path, blob, identity)
     try:
         model.load_state_dict(blob["model"])
     except (RuntimeError, KeyError) as e:
@@ -52,7 +68,7 @@ def iter_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.de
         return
     model = build_model(cfg, vocab_size)
     for path in list_checkpoints(run_dir):
-        info = load_checkpoint(path, model)
+        info = load_checkpoint(path, model, run_identity(cfg))
         yield model.to(device).eval(), info
 
 
@@ -62,7 +78,7 @@ def load_final(cfg, run_dir: str | Path, vocab_size: int, device: torch.device) 
     if hf is not None:
         return load_hf(hf[-1], device, vocab_size), checkpoint_info(hf[-1], len(hf) - 1)
     model = build_model(cfg, vocab_size)
-    info = load_checkpoint(list_checkpoints(run_dir)[-1], model)
+    info = load_checkpoint(list_checkpoints(run_dir)[-1], model, run_identity(cfg))
     return model.to(device).eval(), info
 
 

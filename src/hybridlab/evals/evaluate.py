@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from hybridlab.analysis.schemas import EVAL_COLUMNS
 from hybridlab.data.evalsets import EvalSet, load_evalset
 from hybridlab.data.niah import load_niah
-from hybridlab.data.shards import load_key_mask, load_split, read_manifest
+from hybridlab.data.shards import load_key_mask, load_split, member, read_manifest
 from hybridlab.evals.checkpoints import iter_checkpoints, list_checkpoints, pick_device
 from hybridlab.evals.generation import autocast, generated_scores
 from hybridlab.models import HybridLM, Receptive
@@ -165,7 +165,7 @@ def text_decoder(data_dir: str | Path, manifest: dict):
         return None
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(Path(data_dir) / manifest["tokenizer"]["file"]))
+    tok = Tokenizer.from_file(str(member(data_dir, manifest["tokenizer"]["file"])))
     return lambda ids: tok.decode(list(ids), skip_special_tokens=True)
 
 

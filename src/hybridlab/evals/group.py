@@ -22,15 +22,19 @@ log = logging.getLogger("hybridlab")
 ANALYZE_TABLES = ("heads", "trajectory", "traced", "onset", "masking")
 
 
-def evaluate_one(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> dict[str, Path]:
-    """Every per-run table of one run, written to its folder; returns the paths by table kind."""
+def evaluate_one(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path,
+                 made_by: dict | None = None) -> dict[str, Path]:
+    """Every per-run table of one run, written to its folder (each with the stamp `made_by`, default: checked
+    here, hybridlab.identity.check_evaluation); returns the paths by table kind."""
     from hybridlab.analysis.analyze import analyze_run
     from hybridlab.analysis.gradinf import gradinf_run
     from hybridlab.analysis.probe import probe_run
     from hybridlab.analysis.receptive import receptive_run
     from hybridlab.evals.evaluate import evaluate_run
+    from hybridlab.identity import check_evaluation, write_stamp
 
     run_dir = Path(run_dir)
+    made_by = made_by or check_evaluation(cfg, data_dir, run_dir)
     tables = {"eval": evaluate_run(cfg, data_dir, run_dir), "receptive": receptive_run(cfg, data_dir, run_dir),
               **analyze_run(cfg, data_dir, run_dir), "probe": probe_run(cfg, data_dir, run_dir),
               "gradinf": gradinf_run(cfg, data_dir, run_dir)}
@@ -41,17 +45,22 @@ def evaluate_one(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path) -> 
     for kind, name in RUN_FILES.items():
         paths[kind] = run_dir / name
         write_table(paths[kind], tables[kind])
+        write_stamp(paths[kind], made_by)
     return paths
 
 
 def evaluate_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path]) -> list[dict]:
-    """`evaluate_one` for each (config, run folder), one after another; logs one line per run."""
+    """`evaluate_one` for each (config, run folder), one after another, once every run is checked against its
+    config (a mismatch in the last run is refused before the first is evaluated); logs one line per run."""
+    from hybridlab.identity import check_evaluation
+
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"evaluate_group: {len(cfgs)} configs for {len(run_dirs)} run folders")
+    stamps = [check_evaluation(cfg, data_dir, run_dir) for cfg, run_dir in zip(cfgs, run_dirs, strict=True)]
     out = []
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
         started = time.perf_counter()
-        out.append(evaluate_one(cfg, data_dir, run_dir))
+        out.append(evaluate_one(cfg, data_dir, run_dir, stamps[i]))
         log.info("evaluated %d/%d (%s seed %d) in %.0f s", i + 1, len(cfgs), cfg.variant.name, int(cfg.seed),
                  time.perf_counter() - started)
     return out

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 from pathlib import Path
 
+from hybridlab.io import replaced_folder
 from hybridlab.models import HybridLM
 
 REMOTE = Path(__file__).parent / "remote"
@@ -46,22 +46,11 @@ def export_model(model: HybridLM, tokenizer, out: str | Path, context: int, chec
     config = hf_config(model, context, tokenizer.bos_token_id, tokenizer.pad_token_id, checkpoint)
     wrapper = HybridLabForCausalLM(config)
     wrapper.model.load_state_dict(model.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with replaced_folder(out, carry=False) as tmp:
         wrapper.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name in REMOTE_FILES:
             shutil.copyfile(REMOTE / name, tmp / name)
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -72,11 +61,12 @@ def export_checkpoint(cfg, data_dir: str | Path, run_dir: str | Path, out: str |
     from hybridlab.data.shards import read_manifest
     from hybridlab.evals.checkpoints import list_checkpoints, load_checkpoint
     from hybridlab.export.tokenizer import data_tokenizer
+    from hybridlab.identity import run_identity
     from hybridlab.models import build_model
 
     manifest = read_manifest(data_dir)
     model = build_model(cfg, manifest["vocab_size"]).eval()
     path = Path(checkpoint) if checkpoint else list_checkpoints(run_dir)[-1]
-    info = load_checkpoint(path, model)
+    info = load_checkpoint(path, model, run_identity(cfg))
     source = {"variant": cfg.variant.name, "seed": int(cfg.seed), "scale": cfg.scale.name, "file": path.name, **info}
     return export_model(model, data_tokenizer(cfg, data_dir, manifest), out, int(manifest["context"]), source)

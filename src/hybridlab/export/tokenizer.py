@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hybridlab.data.shards import member
 from hybridlab.data.synthetic import N_SPECIAL, SPECIAL_NAMES, Vocab
 
 
@@ -50,5 +51,5 @@ def data_tokenizer(cfg, data_dir: str | Path, manifest: dict):
         return synthetic_tokenizer(vocab)
     t = cfg.data.tokenizer
     bos, pad = t.get("bos_token", "<bos>"), t.get("pad_token", "<pad>") or t.get("bos_token", "<bos>")
-    return PreTrainedTokenizerFast(tokenizer_file=str(Path(data_dir) / manifest["tokenizer"]["file"]),
+    return PreTrainedTokenizerFast(tokenizer_file=str(member(data_dir, manifest["tokenizer"]["file"])),
                                    bos_token=bos, eos_token=bos, pad_token=pad)

@@ -28,7 +28,7 @@ from hybridlab.figures.report import (
 )
 from hybridlab.figures.style import placeholder
 from hybridlab.figures.tables import NoData, Tables, load_tables
-from hybridlab.io import write_bytes
+from hybridlab.io import replaced_folder, write_bytes
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,21 @@ def _rst(text: str) -> str:
 
 
 def build_all(scale: str, tables: str | Path, out: str | Path, claims_config: str | Path | None = None) -> list[Path]:
-    """Every figure, caption, table and the report (md + html) of one results folder; returns the paths."""
+    """Every figure, caption, table and the report (md + html) of one results folder; returns the paths. The
+    build is written beside `out` and replaces it only once complete (io.replaced_folder): a failed or killed
+    rebuild leaves the previous one as it was."""
     out = Path(out)
-    every_size = load_tables(tables)
+    every_size, cfg = load_tables(tables), load_claims_config(claims_config)  # bad input fails before any work
+    config_name = Path(claims_config).name if claims_config else "src/hybridlab/conf/claims/default.yaml"
+    with replaced_folder(out) as stage:
+        paths = _build(scale, every_size, cfg, config_name, stage, (tables, out))
+    return [out / p.relative_to(stage) for p in paths]
+
+
+def _build(scale: str, every_size: Tables, cfg: dict, config_name: str, out: Path,
+           named: tuple[str | Path, Path]) -> list[Path]:
+    """The build into `out` (a staging folder); captions name the tables folder and the final folder (`named`)."""
     data = every_size.at_size(every_size.main_size)
-    cfg = load_claims_config(claims_config)
     claims = check_all(data, cfg)
     verdicts = {r.cid: r for r in claims}
     specs = figure_specs(cfg)
@@ -132,7 +142,7 @@ def build_all(scale: str, tables: str | Path, out: str | Path, claims_config: st
             files = placeholder(out / "figures", spec.name, missing)
         paths += files
         entry = FigureEntry(spec.name, out / "figures" / f"{spec.name}.png",
-                            f"{spec.caption} {spec.source(scale, tables, out)}", PAPER_NOTES[spec.name],
+                            f"{spec.caption} {spec.source(scale, *named)}", PAPER_NOTES[spec.name],
                             spec.claims, missing)
         entries.append(entry)
         caption = [_rst(f"No data at this scale: {missing}.")] if missing else []
@@ -145,7 +155,6 @@ def build_all(scale: str, tables: str | Path, out: str | Path, claims_config: st
                      traced_heads_table(data), *claims_tables(claims)]
     for t in result_tables:
         paths += write_result_table(t, out / "tables")
-    config_name = Path(claims_config).name if claims_config else "src/hybridlab/conf/claims/default.yaml"
     report = build_report(data, claims, entries, result_tables, out / "report.md", scale=scale,
                           claims_config=config_name, sizes=every_size.sizes)
     return [*paths, report, render_report(report, out / "report.html")]

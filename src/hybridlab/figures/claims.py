@@ -33,14 +33,6 @@ from hybridlab.figures.tables import NoData, Tables, at_context, final, layer_ro
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 HOLDS, FAILS, NO_SIGNAL = "holds", "fails", "inconclusive"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "claims" / "default.yaml"
-CONFIG_KEYS = {
-    "statistics": ("level", "bootstrap_draws", "permutation_draws", "seed"),
-    "noise_floor": ("niah_acc", "log_longppl"),
-    "c1": ("variants", "metrics", "early_fraction", "late_fraction", "max_spread_ratio"),
-    "c2": ("window_fraction", "min_ratio", "min_fraction"),
-    "c3": ("variants", "onset_metric", "onset_selection", "mass_threshold", "alpha"),
-    "c4": ("base", "nope", "long_metrics", "max_short_rel_change"),
-}
 C1_METRICS = ("niah_acc", "neg_log_longppl")
 C4_METRICS = ("niah_acc_at_and_beyond", "neg_log_longppl")
 
@@ -65,31 +57,76 @@ class ClaimResult:
         return None if self.halves is None else self.halves[0] == self.halves[1] == self.verdict
 
 
+def _claims_schema() -> dict[str, dict[str, Any]]:
+    """Every key of a claims config and the rule its value must satisfy (hybridlab.config's rules)."""
+    from hybridlab.config import TEXT, integer, list_of, number, one_of
+
+    names = list_of(TEXT, unique=True)
+    fraction = number(0, 1, open_lo=True, open_hi=True)
+    return {
+        "statistics": {"level": fraction, "bootstrap_draws": integer(100), "permutation_draws": integer(100),
+                       "seed": integer(0)},
+        "noise_floor": {"niah_acc": number(0), "log_longppl": number(0)},
+        "c1": {"variants": names, "metrics": list_of(one_of(*C1_METRICS), unique=True), "early_fraction": fraction,
+               "late_fraction": fraction, "max_spread_ratio": number(0, open_lo=True)},
+        "c2": {"window_fraction": number(0, 1, open_lo=True), "min_ratio": number(0, open_lo=True),
+               "min_fraction": number(0, 1, open_hi=True)},
+        "c3": {"variants": names, "onset_metric": one_of(*ONSET_METRICS), "onset_selection": one_of(*SELECTIONS),
+               "mass_threshold": fraction, "alpha": fraction},
+        "c4": {"base": TEXT, "nope": TEXT, "long_metrics": list_of(one_of(*C4_METRICS), unique=True),
+               "max_short_rel_change": number(0)},
+    }
+
+
+ONSET_METRICS = ("onset_tokens", "onset_step", "onset_tokens_interp", "onset_step_interp")  # onset.csv
+SELECTIONS = ("any_full", "strongest")
+
+
 def load_claims_config(path: str | Path | None = None) -> dict[str, Any]:
-    """Read and check a claims config; a missing key or bad value raises ConfigError naming it."""
+    """Read and check a claims config: every section and key present, no unknown one (the closest known key is
+    suggested), each value of its kind and range, early before late in C1. A problem raises ConfigError naming
+    the key; a file that is not YAML names its line."""
+    import difflib
+
     from hybridlab.config import ConfigError
 
     path = Path(path or DEFAULT_CONFIG)
-    cfg = yaml.safe_load(path.read_text()) or {}
-    for section, keys in CONFIG_KEYS.items():
-        for key in keys:
-            if key not in (cfg.get(section) or {}):
-                raise ConfigError(f"{section}.{key}", None, f"a value (see {DEFAULT_CONFIG})")
-    for section, key, allowed in (("c1", "metrics", C1_METRICS), ("c4", "long_metrics", C4_METRICS)):
-        for m in cfg[section][key]:
-            if m not in allowed:
-                raise ConfigError(f"{section}.{key}", m, ", ".join(allowed))
-    s = cfg["statistics"]
-    if not 0 < s["level"] < 1:
-        raise ConfigError("statistics.level", s["level"], "a number in (0, 1), e.g. 0.95")
-    for key in ("bootstrap_draws", "permutation_draws"):
-        if not isinstance(s[key], int) or s[key] < 100:
-            raise ConfigError(f"statistics.{key}", s[key], "an integer >= 100")
-    for key in ("min_fraction",):
-        if not 0 <= cfg["c2"][key] < 1:
-            raise ConfigError(f"c2.{key}", cfg["c2"][key], "a number in [0, 1)")
-    if not 0 < cfg["c3"]["alpha"] < 1:
-        raise ConfigError("c3.alpha", cfg["c3"]["alpha"], "a number in (0, 1), e.g. 0.05")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("--claims", str(path), f"a readable UTF-8 YAML file ({e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError("--claims", str(path), f"a YAML file ({where}{getattr(e, 'problem', None) or e})") from None
+    schema = _claims_schema()
+    if not isinstance(cfg, dict):
+        raise ConfigError("--claims", str(path), f"a YAML mapping with the sections {', '.join(schema)}")
+    known = [*schema, *(f"{sec}.{key}" for sec, keys in schema.items() for key in keys)]
+
+    def unknown(key: str, value: Any) -> ConfigError:
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean '{near[0]}'?" if near else f"see {DEFAULT_CONFIG}"
+        return ConfigError(key, value, f"a key of the claims config ({hint})")
+
+    for section, body in cfg.items():
+        if section not in schema:
+            raise unknown(str(section), body)
+        for key in body if isinstance(body, dict) else ():
+            if key not in schema[section]:
+                raise unknown(f"{section}.{key}", body[key])
+    for section, rules in schema.items():
+        body = cfg.get(section)
+        for key, rule in rules.items():
+            value = body.get(key) if isinstance(body, dict) else None
+            if value is None or not rule.ok(value):
+                raise ConfigError(f"{section}.{key}", value, f"{rule.allowed} (see {DEFAULT_CONFIG})")
+    if cfg["c1"]["early_fraction"] > cfg["c1"]["late_fraction"]:
+        raise ConfigError("c1.early_fraction", cfg["c1"]["early_fraction"],
+                          f"at most c1.late_fraction ({cfg['c1']['late_fraction']}): early checkpoints come first")
+    for section in ("c1", "c3"):
+        if len(cfg[section]["variants"]) < 2:
+            raise ConfigError(f"{section}.variants", cfg[section]["variants"], "at least two variants to compare")
     return cfg
 
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hybridlab.digest import DIGEST_KEY, tensor_digest
+from hybridlab.identity import IDENTITY_KEY
 from hybridlab.io import atomic_path
 from hybridlab.models import HybridLM
 
@@ -99,6 +100,7 @@ class LitLM(pl.LightningModule):
         self._step_model = (model if step_model is None else step_model,)  # a tuple: not a second submodule
         self.micro_losses: list[torch.Tensor] = []  # this rank's micro-batch losses since the last optimizer step
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss, -1 while all are finite
+        self.identity: str | None = None  # the run's identity, stamped into every checkpoint (hybridlab.identity)
 
     def check_finite(self) -> None:
         """Raise NonFiniteLossError, naming the first bad step, if any loss so far was not finite (a sync)."""
@@ -127,6 +129,8 @@ class LitLM(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[DIGEST_KEY] = tensor_digest({k: checkpoint.get(k) for k in RESUME_COVERED})
+        if self.identity is not None:
+            checkpoint[IDENTITY_KEY] = self.identity
 
     def configure_optimizers(self):
         t = self.cfg.train
@@ -176,6 +180,7 @@ class RunRecorder(pl.Callback):
         self._last_step_logged = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-writer")
         self._writes: list[Future] = []
+        self.identity: str | None = None  # stamped into each trajectory checkpoint
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -201,7 +206,7 @@ class RunRecorder(pl.Callback):
         if trainer.is_global_zero and step in self.ckpt_steps:
             state = weights_on_cpu(pl_module.model)
             self._writes.append(self._writer.submit(write_weights, state, self.run_dir / "ckpt", step,
-                                                    step * self.tokens_per_step))
+                                                    step * self.tokens_per_step, self.identity))
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
             save_state(trainer, fork_path(self.run_dir, step))
         if step % self.last_every == 0 or step == trainer.max_steps:
@@ -250,10 +255,14 @@ def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
     return write_weights(weights_on_cpu(model), folder, step, tokens)
 
 
-def write_weights(state: dict[str, torch.Tensor], folder: Path, step: int, tokens: int) -> Path:
+def write_weights(state: dict[str, torch.Tensor], folder: Path, step: int, tokens: int,
+                  identity: str | None = None) -> Path:
     path = folder / ckpt_name(tokens)
+    blob = {"model": state, "step": step, "tokens": tokens, DIGEST_KEY: tensor_digest({"model": state})}
+    if identity is not None:
+        blob[IDENTITY_KEY] = identity
     with atomic_path(path) as tmp:
-        torch.save({"model": state, "step": step, "tokens": tokens, DIGEST_KEY: tensor_digest({"model": state})}, tmp)
+        torch.save(blob, tmp)
     return path
 
 

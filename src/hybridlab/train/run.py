@@ -4,9 +4,12 @@ Run folder layout:
   ckpt/tokens_{N:012d}.pt   trajectory checkpoints (weights only), log-spaced in steps, named by tokens seen
   last.ckpt                 full Lightning state for resume (model, optimizer, scheduler, step, metrics rows)
   metrics.csv               step, tokens, loss, lr, tokens_per_s, mfu, peak_mem_gb
-  provenance.json           resolved config, git commit, package versions, seed, device
-  train_done.json           written last: the run is complete
-Re-running on a folder with `last.ckpt` resumes; on a folder with `train_done.json` it does nothing.
+  provenance.json           resolved config, the run's identity (hybridlab.identity), git commit, package
+                            versions, seed, device; a branch's budget; changes made on purpose (--allow-change)
+  train_done.json           written last: the run is complete, and the checkpoints it wrote
+  .lock                     held while the folder trains
+Re-running on a folder with `last.ckpt` resumes; on a folder with `train_done.json` it does nothing; either only
+when the folder's run has this run's identity (else refused before anything is written).
 """
 
 from __future__ import annotations
@@ -26,9 +29,21 @@ from omegaconf import DictConfig, OmegaConf
 from hybridlab.analysis.schemas import TRAIN_COLUMNS
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
+from hybridlab.identity import (
+    PROVENANCE,
+    check_data,
+    check_resume,
+    check_run,
+    check_stamp,
+    folder_lock,
+    run_identity,
+    stamp,
+    train_provenance,
+)
 from hybridlab.io import atomic_path, read_json, write_json, write_table
 from hybridlab.models import HybridLM, build_model
-from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, fork_path, pl
+from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, ckpt_name, fork_path, pl
+from hybridlab.train.memory import check_memory
 from hybridlab.train.schedule import (
     Branch,
     log_spaced_checkpoints,
@@ -75,6 +90,9 @@ def resolve_budget(cfg: DictConfig, n_params: int) -> DictConfig:
 
             raise ConfigError("train.budget_k", k, "a number > 0 (tokens = k * N)")
         t.steps = tokens_to_steps(int(k * n_params), int(t.batch_size), int(cfg.scale.context))
+        from hybridlab.config import check_schedule
+
+        check_schedule(t)  # the warmup and decay fit in the steps the budget gives
     return cfg
 
 
@@ -170,21 +188,35 @@ class SharedModel:
         log.info("compiled forward and backward in %.0f s", time.perf_counter() - started)
 
 
-def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: SharedModel | None = None) -> dict:
+def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: SharedModel | None = None,
+          identity: dict | None = None, branch: dict | None = None, allow: tuple[str, ...] = ()) -> dict:
     """One run from prepared shards to its run folder (module docstring); `shared` reuses a model object across
-    the runs of one process (`train_group`)."""
+    the runs of one process (`train_group`). Before anything is written, the data folder and whatever run the
+    folder holds (provenance.json, last.ckpt) are checked against this run's `identity` (default: the config's;
+    a WSD branch passes its stable run's and its `branch`), except for the keys in `allow` (hybridlab.identity);
+    the folder is locked while it trains."""
     run_dir = Path(run_dir)
+    identity = identity or run_identity(cfg)
+    check_data(data_dir, cfg, "train")
+    changes = check_resume(run_dir, identity, branch, allow)
+    check_memory(cfg, int(read_manifest(data_dir)["vocab_size"]))
     done = run_dir / "train_done.json"
     if done.exists():
         log.info("%s: already trained", run_dir)
         return read_json(done)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(data_dir)
-    if manifest["context"] != cfg.scale.context:
-        from hybridlab.config import ConfigError
+    last = run_dir / "last.ckpt"
+    if last.exists():  # refuse a damaged or foreign resume point here, naming it, rather than deep inside Lightning
+        check_stamp(last, load_verified(last, covered=RESUME_COVERED), identity, allow)
+    with folder_lock(run_dir):
+        if done.exists():  # finished by another process meanwhile
+            return read_json(done)
+        return _train(cfg, data_dir, run_dir, shared, identity, branch, changes)
 
-        raise ConfigError("scale.context", cfg.scale.context, f"{manifest['context']} (the context {data_dir} was "
-                          "prepared for)")
+
+def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedModel | None, identity: dict,
+           branch: dict | None, changes: list[dict]) -> dict:
+    done, last = run_dir / "train_done.json", run_dir / "last.ckpt"
+    manifest = read_manifest(data_dir)
     tokens, _ = load_split(data_dir, "train")
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg, manifest["vocab_size"])
@@ -201,13 +233,12 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
     seq_len = int(cfg.scale.context) - 1
     step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
     forks = [b.fork_step for b in branch_plan(cfg, n_params) if b.end_step < int(t.steps)]
-    recorder = RunRecorder(run_dir, checkpoint_steps(cfg, n_params), step_tokens,
+    ckpt_steps = checkpoint_steps(cfg, n_params)
+    recorder = RunRecorder(run_dir, ckpt_steps, step_tokens,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
                            int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks)
     lit = LitLM(model, cfg, step_model)
-    last = run_dir / "last.ckpt"
-    if last.exists():  # refuse a damaged resume point here, naming it, rather than deep inside Lightning
-        load_verified(last, covered=RESUME_COVERED)
+    lit.identity = recorder.identity = stamp(identity)
     warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
     trainer = pl.Trainer(
         max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
@@ -219,7 +250,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
         enable_progress_bar=os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0",
     )
     if trainer.is_global_zero:
-        write_json(run_dir / "provenance.json", provenance(cfg))
+        write_json(run_dir / PROVENANCE, train_provenance(provenance(cfg), identity, branch, changes))
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -237,7 +268,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
                "wall_s_last_session": time.perf_counter() - started,
                "non_embedding_params": n_params,
-               "checkpoints": sorted(p.name for p in (run_dir / "ckpt").glob("tokens_*.pt"))}
+               "checkpoints": [ckpt_name(s * step_tokens) for s in sorted(ckpt_steps)]}  # what this run wrote
     write_json(done, summary)
     return summary
 
@@ -249,6 +280,10 @@ def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str
     $HYBRIDLAB_TRAIN_LOCK set, the runs train while holding that lock (SharedModel)."""
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"train_group: {len(cfgs)} configs for {len(run_dirs)} run folders")
+    for cfg, run_dir in zip(cfgs, run_dirs, strict=True):  # every folder checked before the first run trains
+        check_data(data_dir, cfg, "train")
+        check_resume(run_dir, run_identity(cfg))
+        check_memory(cfg, int(read_manifest(data_dir)["vocab_size"]))
     shared = SharedModel(os.environ.get("HYBRIDLAB_TRAIN_LOCK") or None)
     summaries = []
     try:
@@ -272,30 +307,39 @@ def train_branch(cfg: DictConfig, data_dir: str | Path, stable_dir: str | Path, 
     from hybridlab.config import ConfigError
 
     stable_dir, out = Path(stable_dir), Path(out_dir)
-    if (out / "train_done.json").exists():
-        return read_json(out / "train_done.json")
+    identity = run_identity(cfg)  # the stable run's: a branch is that run, decayed at one budget
+    check_run(stable_dir, cfg)
     with torch.device("meta"):
         n_params = build_model(cfg, read_manifest(data_dir)["vocab_size"]).non_embedding_params()
     plan = {b.budget_tokens: b for b in branch_plan(cfg, n_params)}
     branch = plan.get(int(budget_k * n_params))
     if branch is None:
         raise ConfigError("budget", budget_k, f"one of train.budgets_k {list(cfg.train.budgets_k)} (schedule wsd)")
+    info = {"budget_k": float(budget_k), "fork_step": branch.fork_step, "end_step": branch.end_step,
+            "stable": str(stable_dir)}
+    check_data(data_dir, cfg, "train")
+    check_resume(out, identity, info)
+    if (out / "train_done.json").exists():
+        return read_json(out / "train_done.json")
     stable = read_json(stable_dir / "train_done.json") if (stable_dir / "train_done.json").exists() else None
     if stable is not None and branch.end_step == stable["steps"]:
-        final = sorted((stable_dir / "ckpt").glob("tokens_*.pt"))[-1]
-        with atomic_path(out / "ckpt" / final.name) as tmp:
-            shutil.copyfile(final, tmp)
-        summary = {**stable, "branch_of": str(stable_dir), "fork_step": branch.fork_step,
-                   "checkpoints": [final.name]}
-        write_json(out / "train_done.json", summary)
+        final = stable_dir / "ckpt" / stable["checkpoints"][-1]
+        with folder_lock(out):
+            with atomic_path(out / "ckpt" / final.name) as tmp:
+                shutil.copyfile(final, tmp)
+            write_json(out / PROVENANCE, train_provenance(read_json(stable_dir / PROVENANCE), identity, info, []))
+            summary = {**stable, "branch_of": str(stable_dir), "fork_step": branch.fork_step,
+                       "checkpoints": [final.name]}
+            write_json(out / "train_done.json", summary)
         return summary
     fork = fork_path(stable_dir, branch.fork_step)
     if not fork.exists():
         raise FileNotFoundError(f"{fork}: missing; the stable run has not reached step {branch.fork_step}")
     if not (out / "last.ckpt").exists():
-        with atomic_path(out / "last.ckpt") as tmp:
+        check_stamp(fork, load_verified(fork, covered=RESUME_COVERED), identity)
+        with folder_lock(out), atomic_path(out / "last.ckpt") as tmp:
             shutil.copyfile(fork, tmp)
     bcfg = cfg.copy()
     bcfg.train.budget_k, bcfg.train.budgets_k, bcfg.train.steps = None, [], branch.end_step
     bcfg.train.n_checkpoints, bcfg.train.ckpt_every = 1, None  # the budget's point: the decayed end only
-    return train(bcfg, data_dir, out)
+    return train(bcfg, data_dir, out, identity=identity, branch=info)
