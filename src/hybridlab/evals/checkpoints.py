@@ -1,4 +1,5 @@
-"""Loading a run's trajectory checkpoints (weights only) into a model, in token order."""
+"""Loading a run's trajectory checkpoints (weights only) into a model, in token order; each load is one progress
+line in the job's log."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from hybridlab.digest import load_verified
 from hybridlab.io import CorruptFileError
 from hybridlab.models import HybridLM, build_model
+from hybridlab.progress import Progress
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -37,15 +39,20 @@ def load_checkpoint(path: str | Path, model: HybridLM) -> dict:
 def iter_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.device):
     """Yield (model, info) for each trajectory checkpoint, oldest first, on `device` in eval mode."""
     model = build_model(cfg, vocab_size)
-    for path in list_checkpoints(run_dir):
+    paths = list_checkpoints(run_dir)
+    progress = Progress("checkpoint", len(paths))
+    for path in paths:
         info = load_checkpoint(path, model)
+        progress.start(f"step {info['step']}, {info['tokens']:,} tokens")
         yield model.to(device).eval(), info
+    progress.done()
 
 
 def load_final(cfg, run_dir: str | Path, vocab_size: int, device: torch.device) -> tuple[HybridLM, dict]:
     """The run's last trajectory checkpoint (the end of training) on `device` in eval mode, and its info."""
     model = build_model(cfg, vocab_size)
     info = load_checkpoint(list_checkpoints(run_dir)[-1], model)
+    Progress("final checkpoint", 1).start(f"step {info['step']}, {info['tokens']:,} tokens")
     return model.to(device).eval(), info
 
 

@@ -3,10 +3,12 @@
 Run folder layout:
   ckpt/tokens_{N:012d}.pt   trajectory checkpoints (weights only), log-spaced in steps, named by tokens seen
   last.ckpt                 full Lightning state for resume (model, optimizer, scheduler, step, metrics rows)
-  metrics.csv               step, tokens, loss, lr, tokens_per_s, mfu, peak_mem_gb
+  metrics.csv               step, tokens, loss, lr, tokens_per_s, mfu, peak_mem_gb, lr_<group> per parameter
+                            group; rewritten after every row while the run trains
   provenance.json           resolved config, git commit, package versions, seed, device
   train_done.json           written last: the run is complete
-Re-running on a folder with `last.ckpt` resumes; on a folder with `train_done.json` it does nothing.
+Re-running on a folder with `last.ckpt` resumes; on a folder with `train_done.json` it does nothing. On SIGUSR1 or
+SIGTERM, or shortly before its SLURM time limit, a run saves `last.ckpt` and exits (train/preempt.py).
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ import time
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hybridlab.analysis.schemas import TRAIN_COLUMNS
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
-from hybridlab.io import atomic_path, read_json, write_json, write_table
+from hybridlab.io import atomic_path, read_json, write_json
 from hybridlab.models import HybridLM, build_model
-from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, fork_path, pl
+from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, SLURMEnvironment, TrainData, fork_path, pl
+from hybridlab.train.preempt import StopOnSignal, Stopped, slurm_deadline
 from hybridlab.train.schedule import (
     Branch,
     log_spaced_checkpoints,
@@ -146,22 +147,28 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
     seq_len = int(cfg.scale.context) - 1
     step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
     forks = [b.fork_step for b in branch_plan(cfg, n_params) if b.end_step < int(t.steps)]
+    progress_bar = os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0"
     recorder = RunRecorder(run_dir, checkpoint_steps(cfg, n_params), step_tokens,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
-                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks)
+                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks,
+                           progress=not progress_bar)
     lit = LitLM(model, cfg, step_model)
     last = run_dir / "last.ckpt"
     if last.exists():  # refuse a damaged resume point here, naming it, rather than deep inside Lightning
         load_verified(last, covered=RESUME_COVERED)
     warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
+    stopper = StopOnSignal(last, slurm_deadline(), ddp_every=int(t.log_every))
+    # Inside SLURM, Lightning's own auto-requeue (a mid-step save to hpc_ckpt_N.ckpt in the working directory,
+    # which a later fresh run there would resume from) is off: StopOnSignal saves last.ckpt and requeues.
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     trainer = pl.Trainer(
         max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
         num_nodes=nodes,
         precision=precision, gradient_clip_val=float(t.grad_clip) or None,
         accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices * nodes),
-        logger=False, enable_checkpointing=False, callbacks=[recorder], use_distributed_sampler=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        enable_progress_bar=os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0",
+        logger=False, enable_checkpointing=False, callbacks=[recorder, stopper], use_distributed_sampler=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=progress_bar,
+        plugins=slurm, default_root_dir=run_dir,
     )
     if trainer.is_global_zero:
         write_json(run_dir / "provenance.json", provenance(cfg))
@@ -171,13 +178,15 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch.*")
         trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
                     ckpt_path=str(last) if last.exists() else None, weights_only=True)
-    metrics = pd.DataFrame(recorder.rows, columns=list(TRAIN_COLUMNS))
+    if stopper.signum is not None:
+        raise Stopped(stopper.signum, int(trainer.global_step))
+    metrics = recorder.metrics()
     if trainer.global_step < int(t.steps):
         log.info("%s: stopped at step %d of %d; re-run to resume", run_dir, trainer.global_step, int(t.steps))
         return {"steps": int(trainer.global_step), "finished": False}
     if not trainer.is_global_zero:  # rank 0 writes the run's tables
         return {"steps": int(trainer.global_step), "rank": trainer.global_rank}
-    write_table(run_dir / "metrics.csv", metrics)
+    recorder.write_metrics(trainer)
     summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * step_tokens,
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
                "wall_s_last_session": time.perf_counter() - started,
