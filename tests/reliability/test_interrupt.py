@@ -1,9 +1,13 @@
 """Interruptions never lose work or give wrong results.
 
-- A training run killed with SIGKILL at 5 random points (and then sent SIGTERM and SIGINT, as SLURM and Ctrl-C
-  do) and resumed each time by re-running the same command ends bit-equal to an uninterrupted run: every
-  trajectory checkpoint tensor and every metrics row (step, tokens, loss, lr). After each kill, every file under
-  a final name is complete; a killed writer's temporary file is removed by the next write of that name.
+- A training run interrupted at 8 points and resumed each time by re-running the same command ends bit-equal
+  to an uninterrupted run: every trajectory checkpoint tensor and every metrics row (step, tokens, loss, lr).
+  SIGKILL lands between two steps or inside the write of last.ckpt (its temporary file complete, not renamed);
+  SIGTERM and SIGUSR1 (a scheduler's stop and time-limit warning) save a resume point at the step they arrive
+  in; SIGINT (Ctrl-C) stops at once. Each interruption is triggered by the run's own state: the run waits at the
+  chosen point (helpers.PauseAt) until the signal comes, so it can never have finished before (no timing).
+  After each, every file under a final name is complete; a killed writer's temporary file is removed by the
+  next write of that name.
 - Snakemake killed mid-DAG (SIGKILL to its whole process group, right after the first training job finished):
   the rerun executes exactly the jobs that had not finished, and the killed training resumes from its
   last.ckpt. Recovery after a crash: `snakemake --unlock` (a killed Snakemake leaves its lock), then
@@ -31,7 +35,7 @@ import torch
 
 from hybridlab.io import read_json, read_table
 
-from .helpers import BIN, ENV, REPO, TINY, fork_cli, run_cli, train_argv
+from .helpers import BIN, ENV, REPO, TINY, PauseAt, exit_code, fork_cli, run_cli, train_argv, wait_for
 
 STEPS = 24
 KILL_RUN = ("train.steps=24", "train.last_every=2")  # a resumable last.ckpt every 2 steps
@@ -64,28 +68,17 @@ def assert_final_names_complete(run: Path) -> list[Path]:
     return temps
 
 
-def interrupt(argv: list[str], run: Path, log: Path, sig: int, after_step: int, delay: float) -> tuple[int, int]:
-    """Start `hybridlab train`, wait until last.ckpt holds `after_step` (0: don't wait), sleep `delay`, send
-    `sig`. Returns (step resumed from, step saved when it died)."""
-    last = run / "last.ckpt"
-    resumed = saved_step(last) or 0
-    proc = fork_cli(argv, log)
-    seen, deadline = None, time.monotonic() + 300
-    while after_step > 0:
-        assert proc.is_alive(), f"the run ended before the interruption at step {after_step}: {log.read_text()}"
-        assert time.monotonic() < deadline
-        stamp = last.stat().st_mtime_ns if last.exists() else None
-        if stamp != seen:
-            seen = stamp
-            if (saved_step(last) or 0) >= after_step:
-                break
-        time.sleep(0.02)
-    time.sleep(delay)
+def interrupt(argv: list[str], run: Path, log: Path, sig: int, pause: PauseAt, at: int) -> tuple[int, int, int]:
+    """Start `hybridlab train`, wait until it waits at step `at` (`pause`), send `sig`. Returns (step resumed from,
+    step saved when it ended, exit code)."""
+    resumed = saved_step(run / "last.ckpt") or 0
+    proc = fork_cli(argv, log, pause)
+    wait_for(pause.ready(at), proc, log)
     os.kill(proc.pid, sig)
-    proc.join(120)
-    assert proc.exitcode is not None and proc.exitcode != 0, f"signal {sig}: exit code {proc.exitcode}"
+    code = exit_code(proc, 120)
+    assert code is not None and code != 0, f"signal {sig}: exit code {code}"
     assert not (run / "train_done.json").exists(), "an interrupted run was marked done"
-    return resumed, saved_step(last) or 0
+    return resumed, saved_step(run / "last.ckpt") or 0, code
 
 
 def checkpoints(run: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -93,37 +86,77 @@ def checkpoints(run: Path) -> dict[str, dict[str, torch.Tensor]]:
             for p in sorted((run / "ckpt").glob("tokens_*.pt"))}
 
 
+def assert_bit_equal(ref: Path, run: Path, history=None) -> None:
+    """Every trajectory checkpoint tensor and every metrics row (but the timings) of two runs are equal."""
+    want, got = checkpoints(ref), checkpoints(run)
+    assert got.keys() == want.keys() and len(want) >= 3
+    for name in want:
+        assert want[name].keys() == got[name].keys()
+        for key in want[name]:
+            assert torch.equal(want[name][key], got[name][key]), (name, key, history)
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "metrics.csv")[METRIC_KEYS],
+                                  pd.read_csv(run / "metrics.csv")[METRIC_KEYS])
+
+
+# (signal, where the run waits, exit code, saved step relative to the step it waits at)
+GRACEFUL = [(signal.SIGTERM, "step", 128 + signal.SIGTERM, 0), (signal.SIGUSR1, "save", 128 + signal.SIGUSR1, 0),
+            (signal.SIGINT, "step", 1, 0)]
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_is_bit_equal(tmp_path, tiny_data):
+def test_interrupted_at_many_points_then_resumed_is_bit_equal(tmp_path, tiny_data):
     argv_ref = train_argv(tiny_data, tmp_path / "ref", "swa128", 0, *KILL_RUN)
     assert run_cli(argv_ref, tmp_path / "ref.log") == 0
 
     run = tmp_path / "killed"
     argv = train_argv(tiny_data, run, "swa128", 0, *KILL_RUN)
     rng = random.Random(10)  # seeded: the same 5 kill points on every run of the test
-    points = sorted(rng.sample(range(0, STEPS - 8, 2), 5))
-    faults = [(signal.SIGKILL, p, rng.uniform(0.0, 0.3)) for p in points]
-    faults += [(signal.SIGTERM, points[-1] + 2, 0.05), (signal.SIGINT, points[-1] + 4, 0.05)]
+    points = sorted(rng.sample(range(2, STEPS - 8, 2), 5))  # steps with a last.ckpt save
+    faults = [(signal.SIGKILL, rng.choice(["step", "save"]), -signal.SIGKILL, p) for p in points]
+    faults += [(sig, where, code, points[-1] + 2 * (i + 1)) for i, (sig, where, code, _) in enumerate(GRACEFUL)]
     history, temps_seen = [], 0
-    for i, (sig, after, delay) in enumerate(faults):
-        resumed, died = interrupt(argv, run, tmp_path / f"session{i}.log", sig, after, delay)
-        history.append((sig.name, resumed, died))
-        temps_seen += len(assert_final_names_complete(run))
-    assert len({resumed for _, resumed, _ in history}) >= 4, history  # resumed from varied steps
+    for i, (sig, where, code, at) in enumerate(faults):
+        pause = PauseAt(tmp_path / f"pause{i}", (at,), where)
+        pause.folder.mkdir()
+        resumed, saved, exitcode = interrupt(argv, run, tmp_path / f"session{i}.log", sig, pause, at)
+        history.append((sig.name, where, resumed, saved))
+        assert exitcode == code, (history, (tmp_path / f"session{i}.log").read_text()[-3000:])
+        # killed inside the save, the run keeps the previous resume point; otherwise the one of that step
+        assert saved == (at - 2 if (sig, where) == (signal.SIGKILL, "save") else at), history
+        temps = assert_final_names_complete(run)
+        assert bool(temps) == ((sig, where) == (signal.SIGKILL, "save")), (history, temps)
+        temps_seen += len(temps)
+    assert len({resumed for _, _, resumed, _ in history}) >= 6, history  # resumed from varied steps
     assert run_cli(argv, tmp_path / "final.log") == 0
 
-    ref, got = checkpoints(tmp_path / "ref"), checkpoints(run)
-    assert got.keys() == ref.keys() and len(ref) >= 3
-    for name in ref:
-        assert ref[name].keys() == got[name].keys()
-        for key in ref[name]:
-            assert torch.equal(ref[name][key], got[name][key]), (name, key, history)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ref" / "metrics.csv")[METRIC_KEYS],
-                                  pd.read_csv(run / "metrics.csv")[METRIC_KEYS])
+    assert_bit_equal(tmp_path / "ref", run, history)
     assert list(pd.read_csv(run / "metrics.csv")["step"]) == list(range(1, STEPS + 1))
     assert assert_final_names_complete(run) == [], "a killed writer's temporary file was never cleaned up"
-    print(f"interruptions (signal, resumed from step, saved step at death): {history}; "
+    print(f"interruptions (signal, where, resumed from step, saved step): {history}; "
           f"temporary files seen after kills: {temps_seen}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_signal_mid_run_saves_a_resume_point_and_the_rerun_ends_bit_equal(tmp_path, tiny_data, sig):
+    """With no periodic resume point before the end (train.last_every past the last step), the only last.ckpt of
+    an interrupted run is the one the signal made, at the step it arrived in."""
+    steps = ("train.steps=12", "train.last_every=100")
+    assert run_cli(train_argv(tiny_data, tmp_path / "ref", "swa128", 0, *steps), tmp_path / "ref.log") == 0
+    run, log = tmp_path / "run", tmp_path / "signalled.log"
+    argv = train_argv(tiny_data, run, "swa128", 0, *steps)
+    pause = PauseAt(tmp_path, (7,))
+    proc = fork_cli(argv, log, pause)
+    wait_for(pause.ready(7), proc, log)
+    assert not (run / "last.ckpt").exists()
+    os.kill(proc.pid, sig)
+    assert exit_code(proc, 120) == 128 + sig, log.read_text()[-3000:]
+    assert saved_step(run / "last.ckpt") == 7 and not (run / "train_done.json").exists()
+    assert f"{sig.name}: stopping at step 7 of 12; resume point saved" in log.read_text()
+    assert list(pd.read_csv(run / "metrics.csv")["step"]) == list(range(1, 8))
+    assert run_cli(argv, tmp_path / "rerun.log") == 0
+    assert "Restored all states" in (tmp_path / "rerun.log").read_text()
+    assert_bit_equal(tmp_path / "ref", run)
 
 
 # --- Snakemake killed mid-DAG ----------------------------------------------------------------------------------

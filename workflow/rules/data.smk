@@ -21,6 +21,8 @@ if DATA_GROUPS:
             common=COMMON,
         log:
             f"{RES}/logs/prepare_tokenizer.log",
+        benchmark:
+            f"{BENCH}/prepare_tokenizer.tsv"
         conda:
             "../../envs/hybridlab.yaml"
         threads: 1
@@ -28,7 +30,7 @@ if DATA_GROUPS:
             mem_mb=4000,
             runtime=60,
         shell:
-            "hybridlab prepare-data --out {DATA} --tokenizer-only {params.common} > {log} 2>&1"
+            HYBRIDLAB + " prepare-data --out {DATA} --tokenizer-only {params.common} > {log} 2>&1"
 
     rule prepare_group:
         """Tokenize one group of a corpus in {threads} processes and pack it into token shards (groups/CORPUS/G*)."""
@@ -40,6 +42,8 @@ if DATA_GROUPS:
             common=COMMON,
         log:
             f"{RES}/logs/prepare_group_{{corpus}}_{{group}}.log",
+        benchmark:
+            f"{BENCH}/prepare_group_{{corpus}}_{{group}}.tsv"
         wildcard_constraints:
             corpus="[^/]+",
             group=r"\d{5}",
@@ -50,7 +54,7 @@ if DATA_GROUPS:
             mem_mb=lambda wc, threads: 1500 + 500 * threads,
             runtime=120,  # minutes; a paper group (~250M tokens) tokenizes in ~2 min on 8 cores, the rest is download
         shell:
-            "hybridlab prepare-data --out {DATA} --group {wildcards.corpus}/{wildcards.group} --workers {threads} "
+            HYBRIDLAB + " prepare-data --out {DATA} --group {wildcards.corpus}/{wildcards.group} --workers {threads} "
             "{params.common} > {log} 2>&1"
 
 
@@ -64,14 +68,15 @@ rule prepare_data:
         common=COMMON,
     log:
         f"{RES}/logs/prepare_data.log",
+    benchmark:
+        f"{BENCH}/prepare_data.tsv"
     conda:
         "../../envs/hybridlab.yaml"
     # The synthetic corpus is generated in {threads} processes (chunks are independent streams: the same data
-    # for any count); the real-text mix only concatenates the prepared groups.
-    threads: 1 if DATA_GROUPS else 16
+    # for any count; about one per 2M tokens); the real-text mix only concatenates the prepared groups.
+    threads: job_threads("prepare_data")
     resources:
-        mem_mb=8000 if DATA_GROUPS else 2000,
-        runtime=120 if DATA_GROUPS else 30,
+        **job_resources("prepare_data"),
     shell:
-        "OMP_NUM_THREADS=1 hybridlab prepare-data --out $(dirname {output.manifest}) --workers {threads} "
+        "OMP_NUM_THREADS=1 " + HYBRIDLAB + " prepare-data --out $(dirname {output.manifest}) --workers {threads} "
         "{params.common} > {log} 2>&1"

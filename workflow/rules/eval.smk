@@ -19,13 +19,15 @@ rule evaluate:
         run=lambda wc, input: os.path.dirname(input.done),
     log:
         f"{RES}/logs/evaluate_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_{{size}}_{{variant}}_seed{{seed}}.tsv"
     conda:
         "../../envs/hybridlab.yaml"
-    threads: 1
+    threads: job_threads("evaluate")
     resources:
-        gpu=1 if ON_GPU else 0,
+        **job_resources("evaluate", gpu=EVAL_GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab {params.cmd} --size {wildcards.size} --variant {wildcards.variant} "
+        "OMP_NUM_THREADS={threads} {params.wrap} " + HYBRIDLAB + " {params.cmd} --size {wildcards.size} --variant {wildcards.variant} "
         "--seed {wildcards.seed} --data {params.data} --run {params.run} {params.outputs} {params.common} "
         "> {log} 2>&1"
 
@@ -37,6 +39,11 @@ use rule evaluate as receptive with:
         out=f"{RUN}/receptive.csv",
     log:
         f"{RES}/logs/receptive_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/receptive_{{size}}_{{variant}}_seed{{seed}}.tsv"
+    threads: job_threads("receptive")
+    resources:
+        **job_resources("receptive", gpu=EVAL_GPUS),
 
 
 # Each decay branch is evaluated like a run; its final checkpoint is the budget's point of the scaling curve.
@@ -48,3 +55,8 @@ use rule evaluate as evaluate_branch with:
         out=f"{RUN}/budget{{k}}/eval.csv",
     log:
         f"{RES}/logs/evaluate_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.tsv"
+    threads: job_threads("evaluate_branch")
+    resources:
+        **job_resources("evaluate_branch", gpu=EVAL_GPUS),

@@ -44,7 +44,7 @@ FIGURES_PARAMS = {
     "paper": lambda wc, output: os.path.dirname(output.report),
 }
 FIGURES_SHELL = (
-    "hybridlab figures --scale {params.scale} --tables {params.tables} --out {params.paper} > {log} 2>&1"
+    HYBRIDLAB + " figures --scale {params.scale} --tables {params.tables} --out {params.paper} > {log} 2>&1"
 )
 
 
@@ -57,12 +57,14 @@ if not FIGURES_ONLY:
             f"{TABLES_DIR}/{{kind}}.csv",
         log:
             f"{RES}/logs/table_{{kind}}.log",
+        benchmark:
+            f"{BENCH}/table_{{kind}}.tsv"
         wildcard_constraints:
             kind="|".join(TABLE_KINDS),
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
+            HYBRIDLAB + " aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
 
     if BUDGETS:
 
@@ -74,10 +76,15 @@ if not FIGURES_ONLY:
                 f"{TABLES_DIR}/budgets.csv",
             log:
                 f"{RES}/logs/table_budgets.log",
+            benchmark:
+                f"{BENCH}/table_budgets.tsv"
+            threads: 1
+            resources:
+                **job_resources("small"),
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab aggregate --kind eval --out {output} {input} > {log} 2>&1"
+                HYBRIDLAB + " aggregate --kind eval --out {output} {input} > {log} 2>&1"
 
         rule scaling_fit:
             input:
@@ -86,10 +93,15 @@ if not FIGURES_ONLY:
                 f"{TABLES_DIR}/scaling_fit.csv",
             log:
                 f"{RES}/logs/scaling_fit.log",
+            benchmark:
+                f"{BENCH}/scaling_fit.tsv"
+            threads: 1
+            resources:
+                **job_resources("small"),
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab scaling-fit --table {input} --out {output} > {log} 2>&1"
+                HYBRIDLAB + " scaling-fit --table {input} --out {output} > {log} 2>&1"
 
     rule describe:
         output:
@@ -98,10 +110,12 @@ if not FIGURES_ONLY:
             common=COMMON,
         log:
             f"{RES}/logs/describe.log",
+        benchmark:
+            f"{BENCH}/describe.tsv"
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab describe --out {output} {params.common} > {log} 2>&1"
+            HYBRIDLAB + " describe --out {output} {params.common} > {log} 2>&1"
 
 
 rule figures:
@@ -115,6 +129,11 @@ rule figures:
         **FIGURES_PARAMS,
     log:
         f"{RES}/logs/figures.log",
+    benchmark:
+        f"{BENCH}/figures.tsv"
+    threads: 1
+    resources:
+        **job_resources("small"),
     conda:
         "../../envs/hybridlab.yaml"
     shell:
@@ -135,6 +154,11 @@ rule figures_only:
         **FIGURES_PARAMS,
     log:
         f"{RES}/logs/figures_only.log",
+    benchmark:
+        f"{BENCH}/figures_only.tsv"
+    threads: 1
+    resources:
+        **job_resources("small"),
     conda:
         "../../envs/hybridlab.yaml"
     shell:
@@ -153,7 +177,9 @@ rule report_index:
         f"{config['paper_dir']}/report.md",
     log:
         f"{RES}/logs/report_index.log",
+    benchmark:
+        f"{BENCH}/report_index.tsv"
     conda:
         "../../envs/hybridlab.yaml"
     shell:
-        "hybridlab report-index --paper $(dirname {output}) > {log} 2>&1"
+        HYBRIDLAB + " report-index --paper $(dirname {output}) > {log} 2>&1"

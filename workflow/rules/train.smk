@@ -2,7 +2,7 @@
 # train.group_seeds, one job per variant that trains its seeds one after another in one process (one compiled
 # model object; each run's folder, seed and results are exactly those of its own job).
 TRAIN_DONE = f"{RUN}/train_done.json"
-_TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab "
+_TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} " + HYBRIDLAB + " "
 
 if GROUP_SEEDS:
     # One rule per distinct seed list (scale.seed_counts lets some variants run fewer seeds).
@@ -31,11 +31,13 @@ if GROUP_SEEDS:
                 outs=lambda wc, output: " ".join(shlex.quote(os.path.dirname(p)) for p in output.done),
             log:
                 f"{RES}/logs/train_{{size}}_{{variant}}.log",
+            benchmark:
+                f"{BENCH}/train_{{size}}_{{variant}}.tsv"
             conda:
                 "../../envs/hybridlab.yaml"
-            threads: 1
+            threads: job_threads("train", len(_seeds))
             resources:
-                gpu=TRAIN_GPUS,
+                **job_resources("train", len(_seeds), gpu=TRAIN_GPUS),
                 train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
             shell:
                 _TRAIN_SHELL + "train-group --size {wildcards.size} --variant {wildcards.variant} "
@@ -57,11 +59,13 @@ else:
             run=lambda wc, output: os.path.dirname(output.done),
         log:
             f"{RES}/logs/train_{{size}}_{{variant}}_seed{{seed}}.log",
+        benchmark:
+            f"{BENCH}/train_{{size}}_{{variant}}_seed{{seed}}.tsv"
         conda:
             "../../envs/hybridlab.yaml"
-        threads: 1
+        threads: job_threads("train")
         resources:
-            gpu=TRAIN_GPUS,
+            **job_resources("train", gpu=TRAIN_GPUS),
             train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
         shell:
             _TRAIN_SHELL + "train --size {wildcards.size} --variant {wildcards.variant} --seed {wildcards.seed} "
@@ -83,14 +87,16 @@ rule train_branch:
         out=lambda wc, output: os.path.dirname(output.done),
     log:
         f"{RES}/logs/train_branch_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.log",
+    benchmark:
+        f"{BENCH}/train_branch_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.tsv"
     wildcard_constraints:
         k=r"[0-9.]+",
     conda:
         "../../envs/hybridlab.yaml"
-    threads: 1
+    threads: job_threads("train_branch")
     resources:
-        gpu=TRAIN_GPUS,
+        **job_resources("train_branch", gpu=TRAIN_GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train-branch --size {wildcards.size} "
+        _TRAIN_SHELL + "train-branch --size {wildcards.size} "
         "--variant {wildcards.variant} --seed {wildcards.seed} --budget {wildcards.k} --data {params.data} "
         "--stable {params.stable} --out {params.out} {params.common} > {log} 2>&1"

@@ -197,7 +197,7 @@ class RunRecorder(pl.Callback):
         self.log_every, self.last_every, self.progress = log_every, last_every, progress
         self.rows: list[dict] = []
         self._t0 = self._session_t0 = time.perf_counter()
-        self._last_step_logged = self._session_step0 = 0
+        self._last_step_logged = self._session_step0 = self._step_seen = 0
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -216,13 +216,14 @@ class RunRecorder(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = self._session_t0 = time.perf_counter()
-        self._last_step_logged = self._session_step0 = trainer.global_step
+        self._last_step_logged = self._session_step0 = self._step_seen = trainer.global_step
         self.write_metrics(trainer)  # a resumed run's table is there from the start (Snakemake removes outputs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step == self._last_step_logged:
-            return  # still accumulating gradients
+        if step == self._step_seen:
+            return  # still accumulating gradients (the step was handled when it ended)
+        self._step_seen = step
         saves = step in self.ckpt_steps or step in self.fork_steps or step % self.last_every == 0 or (
             step == trainer.max_steps)
         if saves:
