@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SCALE  ?= smoke
-CORES  ?= all
+CORES  ?=
 RESULTS ?= results
 # A machine whose Python already holds the environment (a lent GPU image with the wheels installed) sets
 # NO_VENV=1: the targets then use the snakemake on PATH instead of building .venv.
 NO_VENV ?=
 SNAKEMAKE ?= $(if $(NO_VENV),snakemake,$(BIN)/snakemake)
+# The Snakemake profile: profiles/default (one machine; Snakemake would find it by itself), or e.g.
+# PROFILE=profiles/slurm to run the same targets on a SLURM cluster (docs/cluster.md).
+PROFILE ?= profiles/default
+# CORES=N caps the cores used (default: the profile's; profiles/default uses all of them).
+CORES_ARG := $(if $(CORES),--cores $(CORES))
 ENV_DEP := $(if $(NO_VENV),,venv)
 # GPU jobs per card (evaluation and analysis jobs share a card; see workflow/scripts/gpu_lock.py) and training
 # jobs per card (at most 2: one compiles on the CPU while the other trains; results/mini/README.md measured it).
@@ -31,13 +36,13 @@ venv: $(BIN)/.installed
 
 ## replicate: run the whole DAG at the smoke scale (or SCALE=mini on a GPU machine); figures + report in paper/
 replicate: $(ENV_DEP)
-	$(SNAKEMAKE) --cores $(CORES) --config scale=$(SCALE)
+	$(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) --config scale=$(SCALE)
 	@echo "report: paper/$(SCALE)/report.md"
 
 ## replicate-mini: the mini scale on this machine's GPUs (about a quarter of an hour on one H200)
 replicate-mini: $(ENV_DEP)
 	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
-	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) $(SNAKEMAKE) --cores $(CORES) \
+	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) $(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) \
 	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) --config scale=mini
 	@echo "report: paper/mini/report.md"
 
@@ -51,7 +56,7 @@ lint: venv
 
 ## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch)
 figures: $(ENV_DEP)
-	$(SNAKEMAKE) --cores 1 figures_only --config scale=$(SCALE) results_dir=$(RESULTS)
+	$(SNAKEMAKE) --workflow-profile $(PROFILE) --cores 1 figures_only --config scale=$(SCALE) results_dir=$(RESULTS)
 
 clean-smoke:
 	rm -rf results/smoke paper/smoke

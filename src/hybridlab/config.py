@@ -286,6 +286,7 @@ RULES: dict[str, Rule] = {
     "train.group_seeds": optional(BOOL),
     "train.n_checkpoints": integer(1),
     "train.log_every": integer(1),
+    "train.logger": optional(one_of("none", "csv", "tensorboard", "wandb")),
     "train.last_every": optional(integer(1)),
     "train.stop_after": optional(integer(1)),
     "train.num_workers": integer(0),

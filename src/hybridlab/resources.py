@@ -171,14 +171,14 @@ def _prepare_size(cfg: DictConfig) -> JobSize:
     return JobSize(threads, _mb(mem), _minutes(60 + tokens / (1e6 * threads)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def planned_size(scale: str, overrides: tuple[str, ...], size: str, kind: str, n_runs: int = 1,
                  budget_k: float | None = None) -> JobSize:
     """`job_size` for a size of a scale (the config composed once per size): what the rules call per job."""
     return job_size(_config(scale, overrides, size), kind, n_runs, budget_k)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _config(scale: str, overrides: tuple[str, ...], size: str) -> DictConfig:
     from hybridlab.config import load_config
 

@@ -73,6 +73,11 @@ def slurm_jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return jobs
 
 
+def megabytes(memory: str) -> float:
+    """SLURM's memory field (1536M, 2G, 1.50G) in MB."""
+    return float(memory[:-1]) * {"M": 1, "G": 1024, "T": 1024**2}[memory[-1]]
+
+
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return {job: fields.get("JobState", "?") for job, fields in slurm_jobs(job_ids).items()}
 
@@ -190,7 +195,7 @@ def test_smoke_pipeline_through_slurm_matches_local_run(
             jobs = slurm_jobs(submitted)
             assert {j["JobState"] for j in jobs.values()} == {"COMPLETED"}
             for j in jobs.values():  # what the rules declare for the smoke scale, as SLURM granted it
-                assert int(j["NumCPUs"]) <= 2 and j["MinMemoryNode"] in ("1536M", "2048M"), j
+                assert int(j["NumCPUs"]) <= 2 and 1000 <= megabytes(j["MinMemoryNode"]) <= 2048, j
                 assert j["Comment"].startswith("rule_"), j
             assert {j["Comment"].split("_wildcards_")[0] for j in jobs.values()} >= {"rule_train", "rule_evaluate"}
             assert (workdir / "paper/smoke/report.md").is_file()

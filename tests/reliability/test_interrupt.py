@@ -204,10 +204,7 @@ def smk_cmd(work: Path, *args: str, cores: int = 2) -> list[str]:
             "--configfile", str(work / "test_config.yaml"), "--cores", str(cores), *args, TARGET]
 
 
-def one_trained_one_resumable(log: Path, runs: Path) -> bool:
-    """Exactly one training finished, and the other has a resume point (last.ckpt) but no train_done.json."""
-    pending = [r for r in runs.glob("*/*/seed*") if not (r / "train_done.json").exists()]
-    return finished_jobs(log.read_text())["train"] == 1 and any((r / "last.ckpt").exists() for r in pending)
+PAUSE_SITE = Path(__file__).resolve().parent / "pause_site"  # sitecustomize: a training that waits at a step
 
 
 @pytest.mark.slow
@@ -218,16 +215,20 @@ def test_snakemake_killed_mid_dag_reruns_only_unfinished_jobs(tmp_path):
     full = job_counts(subprocess.run(smk_cmd(work, "-n"), capture_output=True, text=True, env=ENV).stdout)
     assert full["train"] == 2, full
 
-    # One job at a time, so the two trainings cannot finish within one poll of each other (with two cores they
-    # did, once): kill when the first has finished and the second has saved a resume point.
+    # The swa128 training waits at step 4, after its last.ckpt of step 4 (PauseAt), until it is killed; the kill
+    # comes once it waits there and the full training has finished: a state, reached whatever the timing.
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(PAUSE_SITE), ENV.get("PYTHONPATH")])),
+           "HYBRIDLAB_TEST_PAUSE": f"swa128:4:{pause}"}
     log = work / "first.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(smk_cmd(work, cores=1), stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=work,
+        proc = subprocess.Popen(smk_cmd(work), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work,
                                 start_new_session=True)  # its own process group: the kill reaches every job
     deadline = time.monotonic() + 900
-    while not one_trained_one_resumable(log, work / "results" / "smoke" / "runs"):
+    while not ((pause / "ready_4").exists() and finished_jobs(log.read_text())["train"] == 1):
         assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -236,6 +237,8 @@ def test_snakemake_killed_mid_dag_reruns_only_unfinished_jobs(tmp_path):
     first = log.read_text()
     done = finished_jobs(first)
     assert done["train"] == 1, first
+    waiting = work / "results" / "smoke" / "runs" / "tiny" / "swa128" / "seed0"
+    assert saved_step(waiting / "last.ckpt") == 4 and not (waiting / "train_done.json").exists()
 
     # Nothing under a final name is partial: every table, JSON and checkpoint that exists reads back.
     results = work / "results"

@@ -5,6 +5,7 @@ check looks at the run while it waits at a chosen step (helpers.PauseAt): no tim
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -99,3 +100,18 @@ def test_inside_slurm_a_run_stops_before_its_time_limit_and_requeues_itself(tmp_
     assert (tmp_path / "scontrol.txt").read_text() == "requeue 4242\n"
     assert "SLURM job 4242 requeued" in text
     assert not list(run.glob("hpc_ckpt_*.ckpt")) and not (run / "train_done.json").exists()
+
+
+def test_train_logger_switch_logs_the_same_rows_and_names_a_missing_package(tmp_path, tiny_data):
+    run = tmp_path / "csv"
+    argv = train_argv(tiny_data, run, "full", 0, "train.steps=3", "train.logger=csv")
+    assert run_cli(argv, tmp_path / "csv.log") == 0
+    view = pd.read_csv(run / "logs" / "version_0" / "metrics.csv")
+    pd.testing.assert_frame_equal(view[["step", "loss", "lr_decay"]], pd.read_csv(run / "metrics.csv")[
+        ["step", "loss", "lr_decay"]])
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        log = tmp_path / "tb.log"
+        assert run_cli(train_argv(tiny_data, tmp_path / "tb", "full", 0, "train.steps=3", "train.logger=tensorboard"),
+                       log) == 2
+        assert "train.logger': got 'tensorboard'; allowed: none or csv: the tensorboard package is not installed" in (
+            log.read_text())

@@ -21,8 +21,8 @@ SCALE = config["scale"]
 RES = f"{config['results_dir']}/{SCALE}"
 PAPER = f"{config['paper_dir']}/{SCALE}"
 # The CLI of the Python that runs Snakemake (and, on a cluster, each job's Snakemake): jobs find it whatever the
-# submitting shell's PATH holds.
-HYBRIDLAB = f"{shlex.quote(sys.executable)} -m hybridlab".replace("{", "{{").replace("}", "}}")
+# submitting shell's PATH holds (rules pass it as params.hybridlab).
+HYBRIDLAB = f"{shlex.quote(sys.executable)} -m hybridlab"
 # Arguments every stage gets: the scale and the Hydra overrides.
 COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in config["overrides"])])
 ON_GPU = PLAN.get("accelerator", "cpu") != "cpu"

@@ -19,6 +19,7 @@ if DATA_GROUPS:
             done=f"{DATA}/tokenizer.done.json",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/prepare_tokenizer.log",
         benchmark:
@@ -30,7 +31,7 @@ if DATA_GROUPS:
             mem_mb=4000,
             runtime=60,
         shell:
-            HYBRIDLAB + " prepare-data --out {DATA} --tokenizer-only {params.common} > {log} 2>&1"
+            "{params.hybridlab} prepare-data --out {DATA} --tokenizer-only {params.common} > {log} 2>&1"
 
     rule prepare_group:
         """Tokenize one group of a corpus in {threads} processes and pack it into token shards (groups/CORPUS/G*)."""
@@ -40,6 +41,7 @@ if DATA_GROUPS:
             record=f"{DATA}/groups/{{corpus}}/{{group}}.json",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/prepare_group_{{corpus}}_{{group}}.log",
         benchmark:
@@ -54,7 +56,7 @@ if DATA_GROUPS:
             mem_mb=lambda wc, threads: 1500 + 500 * threads,
             runtime=120,  # minutes; a paper group (~250M tokens) tokenizes in ~2 min on 8 cores, the rest is download
         shell:
-            HYBRIDLAB + " prepare-data --out {DATA} --group {wildcards.corpus}/{wildcards.group} --workers {threads} "
+            "{params.hybridlab} prepare-data --out {DATA} --group {wildcards.corpus}/{wildcards.group} --workers {threads} "
             "{params.common} > {log} 2>&1"
 
 
@@ -66,6 +68,7 @@ rule prepare_data:
         manifest=f"{DATA}/manifest.json",
     params:
         common=COMMON,
+        hybridlab=HYBRIDLAB,
     log:
         f"{RES}/logs/prepare_data.log",
     benchmark:
@@ -78,5 +81,5 @@ rule prepare_data:
     resources:
         **job_resources("prepare_data"),
     shell:
-        "OMP_NUM_THREADS=1 " + HYBRIDLAB + " prepare-data --out $(dirname {output.manifest}) --workers {threads} "
+        "OMP_NUM_THREADS=1 {params.hybridlab} prepare-data --out $(dirname {output.manifest}) --workers {threads} "
         "{params.common} > {log} 2>&1"

@@ -14,6 +14,7 @@ rule evaluate:
         cmd="evaluate",
         outputs=lambda wc, output: " ".join(f"--{k} {shlex.quote(v)}" for k, v in output.items()),
         common=COMMON,
+        hybridlab=HYBRIDLAB,
         wrap=GPU_WRAP,
         data=lambda wc, input: os.path.dirname(input.manifest),
         run=lambda wc, input: os.path.dirname(input.done),
@@ -27,7 +28,7 @@ rule evaluate:
     resources:
         **job_resources("evaluate", gpu=EVAL_GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {params.wrap} " + HYBRIDLAB + " {params.cmd} --size {wildcards.size} --variant {wildcards.variant} "
+        "OMP_NUM_THREADS={threads} {params.wrap} {params.hybridlab} {params.cmd} --size {wildcards.size} --variant {wildcards.variant} "
         "--seed {wildcards.seed} --data {params.data} --run {params.run} {params.outputs} {params.common} "
         "> {log} 2>&1"
 

@@ -39,12 +39,13 @@ PAPER_OUTPUTS = {
     "html": report(f"{PAPER}/report.html", category="0 Replication report"),
 }
 FIGURES_PARAMS = {
+    "hybridlab": HYBRIDLAB,
     "scale": SCALE,
     "tables": lambda wc, input: os.path.dirname(input.info),
     "paper": lambda wc, output: os.path.dirname(output.report),
 }
 FIGURES_SHELL = (
-    HYBRIDLAB + " figures --scale {params.scale} --tables {params.tables} --out {params.paper} > {log} 2>&1"
+    "{params.hybridlab} figures --scale {params.scale} --tables {params.tables} --out {params.paper} > {log} 2>&1"
 )
 
 
@@ -55,6 +56,8 @@ if not FIGURES_ONLY:
             lambda wc: run_outputs(TABLE_KINDS[wc.kind]),
         output:
             f"{TABLES_DIR}/{{kind}}.csv",
+        params:
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/table_{{kind}}.log",
         benchmark:
@@ -64,7 +67,7 @@ if not FIGURES_ONLY:
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            HYBRIDLAB + " aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
+            "{params.hybridlab} aggregate --kind {wildcards.kind} --out {output} {input} > {log} 2>&1"
 
     if BUDGETS:
 
@@ -74,6 +77,8 @@ if not FIGURES_ONLY:
                 branch_outputs("eval.csv"),
             output:
                 f"{TABLES_DIR}/budgets.csv",
+            params:
+                hybridlab=HYBRIDLAB,
             log:
                 f"{RES}/logs/table_budgets.log",
             benchmark:
@@ -84,13 +89,15 @@ if not FIGURES_ONLY:
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                HYBRIDLAB + " aggregate --kind eval --out {output} {input} > {log} 2>&1"
+                "{params.hybridlab} aggregate --kind eval --out {output} {input} > {log} 2>&1"
 
         rule scaling_fit:
             input:
                 rules.budgets_table.output,
             output:
                 f"{TABLES_DIR}/scaling_fit.csv",
+            params:
+                hybridlab=HYBRIDLAB,
             log:
                 f"{RES}/logs/scaling_fit.log",
             benchmark:
@@ -101,13 +108,14 @@ if not FIGURES_ONLY:
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                HYBRIDLAB + " scaling-fit --table {input} --out {output} > {log} 2>&1"
+                "{params.hybridlab} scaling-fit --table {input} --out {output} > {log} 2>&1"
 
     rule describe:
         output:
             f"{TABLES_DIR}/info.json",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/describe.log",
         benchmark:
@@ -115,7 +123,7 @@ if not FIGURES_ONLY:
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            HYBRIDLAB + " describe --out {output} {params.common} > {log} 2>&1"
+            "{params.hybridlab} describe --out {output} {params.common} > {log} 2>&1"
 
 
 rule figures:
@@ -175,6 +183,8 @@ rule report_index:
         f"{PAPER}/report.md",
     output:
         f"{config['paper_dir']}/report.md",
+    params:
+        hybridlab=HYBRIDLAB,
     log:
         f"{RES}/logs/report_index.log",
     benchmark:
@@ -182,4 +192,4 @@ rule report_index:
     conda:
         "../../envs/hybridlab.yaml"
     shell:
-        HYBRIDLAB + " report-index --paper $(dirname {output}) > {log} 2>&1"
+        "{params.hybridlab} report-index --paper $(dirname {output}) > {log} 2>&1"

@@ -2,7 +2,7 @@
 # train.group_seeds, one job per variant that trains its seeds one after another in one process (one compiled
 # model object; each run's folder, seed and results are exactly those of its own job).
 TRAIN_DONE = f"{RUN}/train_done.json"
-_TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} " + HYBRIDLAB + " "
+_TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} {params.hybridlab} "
 
 if GROUP_SEEDS:
     # One rule per distinct seed list (scale.seed_counts lets some variants run fewer seeds).
@@ -25,6 +25,7 @@ if GROUP_SEEDS:
                 variant="|".join(_variants),
             params:
                 common=COMMON,
+                hybridlab=HYBRIDLAB,
                 wrap=TRAIN_WRAP,
                 seeds=" ".join(str(s) for s in _seeds),
                 data=lambda wc, input: os.path.dirname(input.manifest),
@@ -54,6 +55,7 @@ else:
             metrics=f"{RUN}/metrics.csv",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
             wrap=TRAIN_WRAP,
             data=lambda wc, input: os.path.dirname(input.manifest),
             run=lambda wc, output: os.path.dirname(output.done),
@@ -81,6 +83,7 @@ rule train_branch:
         done=f"{RUN}/budget{{k}}/train_done.json",
     params:
         common=COMMON,
+        hybridlab=HYBRIDLAB,
         wrap=TRAIN_WRAP,
         data=lambda wc, input: os.path.dirname(input.manifest),
         stable=lambda wc, input: os.path.dirname(input.stable),

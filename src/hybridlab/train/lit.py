@@ -256,7 +256,9 @@ class RunRecorder(pl.Callback):
         self.write_metrics(trainer)
         if self.progress and trainer.is_global_zero:
             self._progress_line(trainer, row)
-        pl_module.log("tok/s", tok_s, prog_bar=True, on_step=True, on_epoch=False)
+        for logger in trainer.loggers:  # train.logger's view (TensorBoard, W&B, CSV): the same row at its step
+            logger.log_metrics({k: v for k, v in row.items() if k != "step" and v == v}, step=step)
+        pl_module.log("tok/s", tok_s, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self._t0, self._last_step_logged = time.perf_counter(), step
 
     def _progress_line(self, trainer, row: dict) -> None:

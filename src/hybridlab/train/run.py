@@ -51,6 +51,36 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def experiment_logger(cfg: DictConfig, run_dir: Path):
+    """The Lightning logger of train.logger under RUN/logs, or False (none): a view for TensorBoard or W&B
+    (offline) next to metrics.csv, which is always written. One version per run folder, resumed in place."""
+    kind = cfg.train.get("logger") or "none"
+    if kind == "none":
+        return False
+    import hashlib
+    import importlib
+    import importlib.util
+
+    package = LOGGER_PACKAGES.get(kind)
+    if package is not None and importlib.util.find_spec(package) is None and not (
+            kind == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+        from hybridlab.config import ConfigError
+
+        raise ConfigError("train.logger", kind, f"none or csv: the {package} package is not installed (pip install "
+                          f"{package})")
+    loggers = importlib.import_module(f"{pl.__name__}.loggers")
+    save = run_dir / "logs"
+    if kind == "csv":
+        return loggers.CSVLogger(save, name="", version=0)
+    if kind == "tensorboard":
+        return loggers.TensorBoardLogger(save, name="", version=0)
+    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]  # a resumed run continues its W&B run
+    return loggers.WandbLogger(save_dir=save, offline=True, id=run_id, name=str(run_dir), resume="allow")
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -166,7 +196,8 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
         num_nodes=nodes,
         precision=precision, gradient_clip_val=float(t.grad_clip) or None,
         accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices * nodes),
-        logger=False, enable_checkpointing=False, callbacks=[recorder, stopper], use_distributed_sampler=False,
+        logger=experiment_logger(cfg, run_dir), log_every_n_steps=int(t.log_every), enable_checkpointing=False,
+        callbacks=[recorder, stopper], use_distributed_sampler=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=progress_bar,
         plugins=slurm, default_root_dir=run_dir,
     )
@@ -176,6 +207,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch.*")
+        warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")  # torch 2.13
         trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
                     ckpt_path=str(last) if last.exists() else None, weights_only=True)
     if stopper.signum is not None:
