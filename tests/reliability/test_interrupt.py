@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -157,6 +158,35 @@ def test_a_signal_mid_run_saves_a_resume_point_and_the_rerun_ends_bit_equal(tmp_
     assert run_cli(argv, tmp_path / "rerun.log") == 0
     assert "Restored all states" in (tmp_path / "rerun.log").read_text()
     assert_bit_equal(tmp_path / "ref", run)
+
+
+@pytest.mark.slow
+def test_under_ddp_both_ranks_stop_at_the_step_the_signal_reached_rank_0(tmp_path, tiny_data):
+    """Two processes (gloo): SIGTERM to rank 0 while it waits at step 3; the ranks agree, save one resume point at
+    step 3 and exit; the rerun (also DDP) resumes there and finishes."""
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    run = tmp_path / "ddp"
+    cmd = [str(BIN / "hybridlab"), *train_argv(tiny_data, run, "swa128", 0, "train.steps=6", "train.last_every=100",
+                                                "train.devices=2")]
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(PAUSE_SITE), ENV.get("PYTHONPATH")])),
+           "HYBRIDLAB_TEST_PAUSE": f"swa128:3:{pause}"}
+    with open(tmp_path / "ddp.log", "w") as out:  # its own process group: both ranks go if the test fails
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (pause / "ready_3").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ddp.log").read_text()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(300) == 128 + signal.SIGTERM, (tmp_path / "ddp.log").read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert saved_step(run / "last.ckpt") == 3 and not (run / "train_done.json").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert list(pd.read_csv(run / "metrics.csv")["step"]) == list(range(1, 7))
 
 
 # --- Snakemake killed mid-DAG ----------------------------------------------------------------------------------
