@@ -158,6 +158,8 @@ def test_a_signal_mid_run_saves_a_resume_point_and_the_rerun_ends_bit_equal(tmp_
     assert run_cli(argv, tmp_path / "rerun.log") == 0
     assert "Restored all states" in (tmp_path / "rerun.log").read_text()
     assert_bit_equal(tmp_path / "ref", run)
+    sessions = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines()]
+    assert [(s["from_step"], s["to_step"], s["ended"]) for s in sessions] == [(0, 7, sig.name), (7, 12, "finished")]
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ check looks at the run while it waits at a chosen step (helpers.PauseAt): no tim
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -99,6 +100,8 @@ def test_inside_slurm_a_run_stops_before_its_time_limit_and_requeues_itself(tmp_
     assert "stopping with a resume point before the SLURM time limit" in text
     assert (tmp_path / "scontrol.txt").read_text() == "requeue 4242\n"
     assert "SLURM job 4242 requeued" in text
+    session = json.loads((run / "sessions.jsonl").read_text())
+    assert (session["to_step"], session["ended"], session["slurm_job"]) == (1, "SLURM time limit near", "4242")
     assert not list(run.glob("hpc_ckpt_*.ckpt")) and not (run / "train_done.json").exists()
 
 

@@ -2,6 +2,7 @@
 # train.group_seeds, one job per variant that trains its seeds one after another in one process (one compiled
 # model object; each run's folder, seed and results are exactly those of its own job).
 TRAIN_DONE = f"{RUN}/train_done.json"
+# A rerun empties the job's log; each run folder keeps its sessions (steps, how each ended) in sessions.jsonl.
 _TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} {params.hybridlab} "
 
 if GROUP_SEEDS:

@@ -96,7 +96,8 @@ class StopOnSignal(pl.Callback):
 
     def __init__(self, last: Path, deadline: float | None = None, ddp_every: int = 1):
         self.last, self.deadline, self.ddp_every = Path(last), deadline, max(1, ddp_every)
-        self.signum: int | None = None  # why the run stopped (or is stopping)
+        self.signum: int | None = None  # why the run stopped (or is stopping); reason says it in words
+        self.reason: str | None = None
         self._received: int | None = None  # set by the signal handler
         self._previous: dict[int, object] = {}
         self._step_seen, self._t_step, self._longest = 0, 0.0, 0.0
@@ -155,8 +156,9 @@ class StopOnSignal(pl.Callback):
         save_state(trainer, self.last)
         self._longest = max(self._longest, time.monotonic() - started)
         self.signum, trainer.should_stop = int(request), True
-        log.warning("%s: stopping at step %d of %d; resume point saved in %s", signal.Signals(request).name, step,
-                    trainer.max_steps, self.last)
+        self.reason = signal.Signals(request).name if self._received else "SLURM time limit near"
+        log.warning("%s: stopping at step %d of %d; resume point saved in %s", self.reason, step, trainer.max_steps,
+                    self.last)
         job = slurm_job_id()
         if request == signal.SIGUSR1 and job is not None and trainer.is_global_zero:
             requeue_slurm_job(job)

@@ -6,6 +6,8 @@ Run folder layout:
   metrics.csv               step, tokens, loss, lr, tokens_per_s, mfu, peak_mem_gb, lr_<group> per parameter
                             group; rewritten after every row while the run trains
   provenance.json           resolved config, git commit, package versions, seed, device
+  sessions.jsonl            one line per training session: steps from and to, how it ended, wall time, host, SLURM
+                            job (a requeued or resumed run keeps its history; Snakemake empties the job's log)
   train_done.json           written last: the run is complete
 Re-running on a folder with `last.ckpt` resumes; on a folder with `train_done.json` it does nothing. On SIGUSR1 or
 SIGTERM, or shortly before its SLURM time limit, a run saves `last.ckpt` and exits (train/preempt.py).
@@ -26,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
-from hybridlab.io import atomic_path, read_json, write_json
+from hybridlab.io import atomic_path, read_json, write_bytes, write_json
 from hybridlab.models import HybridLM, build_model
 from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, SLURMEnvironment, TrainData, fork_path, pl
 from hybridlab.train.preempt import StopOnSignal, Stopped, slurm_deadline
@@ -184,8 +186,9 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
                            progress=not progress_bar)
     lit = LitLM(model, cfg, step_model)
     last = run_dir / "last.ckpt"
+    resumed_step = 0
     if last.exists():  # refuse a damaged resume point here, naming it, rather than deep inside Lightning
-        load_verified(last, covered=RESUME_COVERED)
+        resumed_step = int(load_verified(last, covered=RESUME_COVERED)["global_step"])
     warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
     stopper = StopOnSignal(last, slurm_deadline(), ddp_every=int(t.log_every))
     # Inside SLURM, Lightning's own auto-requeue (a mid-step save to hpc_ckpt_N.ckpt in the working directory,
@@ -203,6 +206,10 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
     )
     if trainer.is_global_zero:
         write_json(run_dir / "provenance.json", provenance(cfg))
+    if trainer.is_global_zero:
+        log.info("%s: %s, %d steps of %d tokens", run_dir, f"resuming from {last}" if last.exists() else "starting",
+                 int(t.steps), step_tokens)
+    session_start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": resumed_step}
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -210,6 +217,9 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
         warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")  # torch 2.13
         trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
                     ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    if trainer.is_global_zero:
+        ended = stopper.reason or ("finished" if trainer.global_step >= int(t.steps) else "train.stop_after")
+        record_session(run_dir, session_start, int(trainer.global_step), ended, time.perf_counter() - started)
     if stopper.signum is not None:
         raise Stopped(stopper.signum, int(trainer.global_step))
     metrics = recorder.metrics()
@@ -226,6 +236,17 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
                "checkpoints": sorted(p.name for p in (run_dir / "ckpt").glob("tokens_*.pt"))}
     write_json(done, summary)
     return summary
+
+
+def record_session(run_dir: Path, start: dict, to_step: int, ended: str, wall_s: float) -> None:
+    """Append this session to RUN/sessions.jsonl (the file rewritten atomically)."""
+    import json
+
+    path = run_dir / "sessions.jsonl"
+    line = {**start, "to_step": to_step, "ended": ended, "wall_s": round(wall_s, 1), "host": platform.node(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"), "slurm_restarts": os.environ.get("SLURM_RESTART_COUNT")}
+    old = path.read_bytes() if path.exists() else b""
+    write_bytes(path, old + (json.dumps(line, sort_keys=True) + "\n").encode())
 
 
 def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path]) -> list[dict]:
