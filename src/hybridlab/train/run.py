@@ -244,7 +244,7 @@ def record_session(run_dir: Path, start: dict, to_step: int, ended: str, wall_s:
 
     path = run_dir / "sessions.jsonl"
     line = {**start, "to_step": to_step, "ended": ended, "wall_s": round(wall_s, 1), "host": platform.node(),
-            "slurm_job": os.environ.get("SLURM_JOB_ID"), "slurm_restarts": os.environ.get("SLURM_RESTART_COUNT")}
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
     old = path.read_bytes() if path.exists() else b""
     write_bytes(path, old + (json.dumps(line, sort_keys=True) + "\n").encode())
 
