@@ -1,7 +1,8 @@
 """Test-only start-up hook (on PYTHONPATH in tests/reliability/test_interrupt.py): a `hybridlab train` of the
-variant named by $HYBRIDLAB_TEST_PAUSE ("VARIANT:STEP:FOLDER") waits at that step (helpers.PauseAt), so a test
-can interrupt a training that Snakemake (or Lightning's DDP launcher) started at a known point without racing
-it. Only rank 0 of a DDP run waits; every other process is left alone."""
+variant named by $HYBRIDLAB_TEST_PAUSE ("VARIANT:STEP:FOLDER"; VARIANT "second": whichever training starts
+second) waits at that step (helpers.PauseAt), so a test can interrupt a training that Snakemake (or Lightning's
+DDP launcher) started at a known point without racing it. Only rank 0 of a DDP run waits; every other process
+is left alone."""
 
 import os
 import sys
@@ -9,6 +10,12 @@ import sys
 _spec = os.environ.get("HYBRIDLAB_TEST_PAUSE")
 if _spec and "train" in sys.argv and "--variant" in sys.argv and os.environ.get("LOCAL_RANK", "0") == "0":
     _variant, _step, _folder = _spec.split(":", 2)
+    if _variant == "second":  # the first training to start claims the marker; the second finds it
+        try:
+            os.close(os.open(os.path.join(_folder, "first_started"), os.O_CREAT | os.O_EXCL))
+            _variant = None
+        except FileExistsError:
+            _variant = sys.argv[sys.argv.index("--variant") + 1]
     if sys.argv[sys.argv.index("--variant") + 1] == _variant:
         import importlib.util
 
