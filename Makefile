@@ -16,9 +16,10 @@ PROFILE ?= profiles/default
 CORES_ARG := $(if $(CORES),--cores $(CORES))
 ENV_DEP := $(if $(NO_VENV),,venv)
 # GPU jobs per card (evaluation and analysis jobs share a card; see workflow/scripts/gpu_lock.py) and training
-# jobs per card (at most 2: one compiles on the CPU while the other trains; results/mini/README.md measured it).
+# jobs per card: 2, of which one trains while the other compiles on the CPU (HYBRIDLAB_TRAIN_LOCK: one card's
+# trainings take turns; processes time-slicing one GPU train slower together than one alone).
 NGPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || echo 0)
-JOBS_PER_GPU ?= 6
+JOBS_PER_GPU ?= 4
 TRAIN_PER_GPU ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -42,7 +43,8 @@ replicate: $(ENV_DEP)
 ## replicate-mini: the mini scale on this machine's GPUs (about a quarter of an hour on one H200)
 replicate-mini: $(ENV_DEP)
 	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
-	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) $(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) \
+	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) HYBRIDLAB_TRAIN_LOCK=$${TMPDIR:-/tmp}/hybridlab-train-{gpu}.lock \
+	  $(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) \
 	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) --config scale=mini
 	@echo "report: paper/mini/report.md"
 

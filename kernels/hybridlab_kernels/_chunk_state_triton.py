@@ -25,18 +25,24 @@ def _dot(a, b, TF32: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(u0_ptr, w_ptr, k_ptr, d_ptr, s0_ptr, s_ptr, u_ptr, n, C, DK, DV,
-                    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, TF32: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
+def _tiles(C, DK, DV, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks of this program's tiles: a chunk x value block [C, BV], a chunk x key [C, DK] and the
+    state's key x value block [DK, BV]."""
     oc = tl.arange(0, BC)
     ok = tl.arange(0, BK)
     ov = tl.program_id(1) * BV + tl.arange(0, BV)
     m_cv = (oc[:, None] < C) & (ov[None, :] < DV)
     m_ck = (oc[:, None] < C) & (ok[None, :] < DK)
     m_kv = (ok[:, None] < DK) & (ov[None, :] < DV)
-    cv = oc[:, None] * DV + ov[None, :]
-    ck = oc[:, None] * DK + ok[None, :]
-    kv = ok[:, None] * DV + ov[None, :]
+    cv, ck, kv = oc[:, None] * DV + ov[None, :], oc[:, None] * DK + ok[None, :], ok[:, None] * DV + ov[None, :]
+    return cv, m_cv, ck, m_ck, kv, m_kv
+
+
+@triton.jit
+def _forward_kernel(u0_ptr, w_ptr, k_ptr, d_ptr, s0_ptr, s_ptr, u_ptr, n, C, DK, DV,
+                    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, TF32: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    cv, m_cv, ck, m_ck, kv, m_kv = _tiles(C, DK, DV, BC, BK, BV)
     S = tl.load(s0_ptr + bh * DK * DV + kv, mask=m_kv, other=0.0)
     s_base = s_ptr + bh * (n + 1) * DK * DV
     for i in range(n):
@@ -58,15 +64,7 @@ def _backward_kernel(w_ptr, k_ptr, d_ptr, s_ptr, u_ptr, ds_ptr, dux_ptr, du_ptr,
                      HAS_DU: tl.constexpr, TF32: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     vb = tl.program_id(1)
-    oc = tl.arange(0, BC)
-    ok = tl.arange(0, BK)
-    ov = vb * BV + tl.arange(0, BV)
-    m_cv = (oc[:, None] < C) & (ov[None, :] < DV)
-    m_ck = (oc[:, None] < C) & (ok[None, :] < DK)
-    m_kv = (ok[:, None] < DK) & (ov[None, :] < DV)
-    cv = oc[:, None] * DV + ov[None, :]
-    ck = oc[:, None] * DK + ok[None, :]
-    kv = ok[:, None] * DV + ov[None, :]
+    cv, m_cv, ck, m_ck, kv, m_kv = _tiles(C, DK, DV, BC, BK, BV)
     s_base = s_ptr + bh * (n + 1) * DK * DV
     ds_base = ds_ptr + bh * (n + 1) * DK * DV
     G = tl.load(ds_base + n * DK * DV + kv, mask=m_kv, other=0.0)

@@ -4,6 +4,7 @@
     hybridlab prepare-data --scale S --out DATA_DIR [--workers N] [--tokenizer-only | --group CORPUS/G] [overrides...]
     hybridlab train        --scale S --variant V --seed N --data DATA_DIR --out RUN_DIR [overrides...]
     hybridlab train-group  --scale S --variant V --seeds N [N ...] --data DATA_DIR --outs DIR [DIR ...]
+    hybridlab evaluate-group --scale S --variant V --seeds N [N ...] --data DATA_DIR --runs DIR [DIR ...]
     hybridlab train-branch --scale S --variant V --seed N --data DATA_DIR --stable RUN_DIR --budget K --out DIR
     hybridlab evaluate     --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out eval.csv
     hybridlab receptive    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out receptive.csv
@@ -12,9 +13,15 @@
                            [--masking masking.csv]
     hybridlab probe        --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out probe.csv
     hybridlab gradinf      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out gradinf.csv
+    hybridlab lm-eval      --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out lmeval.csv
+    hybridlab export-hf    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out HF_DIR [--checkpoint P]
     hybridlab aggregate    --kind {eval,heads,train,...} --out TABLE.csv INPUTS...
-    hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--metric M] [--forms F,F] [--alpha-bounds L,H]
+    hybridlab scaling-fit  --table TABLE [TABLE...] --out fit.csv [--draws-out draws.csv] [--procedure released]
+                           [--metric M] [--forms F,F] [--alpha-bounds L,H] [--bootstrap N] [--log-values]
     hybridlab figures      --scale S --tables TABLE_DIR --out PAPER_DIR [--claims CLAIMS.yaml]
+
+The per-run stages also take Hugging Face models as --run: a folder with a config.json (one checkpoint) or a
+folder of such folders (a trajectory); see evals/checkpoints.py.
 
 User errors (a bad config value, a missing or corrupt file) print one line naming the problem and exit 2.
 Heavy imports (torch) happen inside the subcommands, so `figures` never loads torch.
@@ -27,7 +34,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hybridlab.analysis.schemas import TABLES, TRAIN_COLUMNS
+from hybridlab.analysis.schemas import OPTIONAL_TABLES, TABLES, TRAIN_COLUMNS
 
 
 def _run_args(p: argparse.ArgumentParser, run: bool = True) -> None:
@@ -76,16 +83,28 @@ def cmd_train(a) -> None:
         print(f"trained {a.variant} seed {a.seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
 
 
-def cmd_train_group(a) -> None:
+def _group_cfgs(a, folders: list[str], flag: str) -> list:
+    """One composed config per seed of a group command, after checking one distinct seed per folder."""
     from hybridlab.config import ConfigError, load_config
+
+    if len(a.seeds) != len(folders) or len(set(a.seeds)) != len(a.seeds):
+        raise ConfigError("--seeds", a.seeds, f"distinct seeds, one per folder of {flag} ({len(folders)} given)")
+    return [load_config(a.scale, a.variant, seed, a.overrides, a.size) for seed in a.seeds]
+
+
+def cmd_train_group(a) -> None:
     from hybridlab.train.run import train_group
 
-    if len(a.seeds) != len(a.outs) or len(set(a.seeds)) != len(a.seeds):
-        raise ConfigError("--seeds", a.seeds, f"distinct seeds, one per folder of --outs ({len(a.outs)} given)")
-    cfgs = [load_config(a.scale, a.variant, seed, a.overrides, a.size) for seed in a.seeds]
-    for seed, s in zip(a.seeds, train_group(cfgs, a.data, a.outs), strict=True):
+    for seed, s in zip(a.seeds, train_group(_group_cfgs(a, a.outs, "--outs"), a.data, a.outs), strict=True):
         if "final_loss" in s:
             print(f"trained {a.variant} seed {seed}: {s['steps']} steps, final loss {s['final_loss']:.4f}")
+
+
+def cmd_evaluate_group(a) -> None:
+    from hybridlab.evals.group import evaluate_group
+
+    for seed, paths in zip(a.seeds, evaluate_group(_group_cfgs(a, a.runs, "--runs"), a.data, a.runs), strict=True):
+        print(f"evaluated {a.variant} seed {seed}: {len(paths)} tables -> {Path(paths['eval']).parent}")
 
 
 def cmd_train_branch(a) -> None:
@@ -138,29 +157,53 @@ def cmd_gradinf(a) -> None:
     _write(a, gradinf_run(_cfg(a), a.data, a.run))
 
 
+def cmd_lm_eval(a) -> None:
+    from hybridlab.evals.harness import lm_eval_run
+
+    _write(a, lm_eval_run(_cfg(a), a.data, a.run))
+
+
+def cmd_export_hf(a) -> None:
+    from hybridlab.export.hf import export_checkpoint
+
+    out = export_checkpoint(_cfg(a), a.data, a.run, a.out, a.checkpoint)
+    print(f"exported {a.variant} seed {a.seed} -> {out} (AutoModelForCausalLM, trust_remote_code=True)")
+
+
 def cmd_scaling_fit(a) -> None:
     import pandas as pd
 
-    from hybridlab.analysis.scaling import fit_table
+    from hybridlab.analysis.scaling import AUTO
     from hybridlab.analysis.scaling_input import load_scaling_input
+    from hybridlab.analysis.scaling_uncertainty import describe_fits, fit_table
     from hybridlab.config import ConfigError
 
     try:
-        bounds = None if a.alpha_bounds == "none" else tuple(float(x) for x in a.alpha_bounds.split(","))
-        if bounds is not None and len(bounds) != 2:
-            raise ValueError
+        if a.alpha_bounds in ("none", AUTO):
+            bounds = None if a.alpha_bounds == "none" else AUTO
+        else:
+            bounds = tuple(float(x) for x in a.alpha_bounds.split(","))
+            if len(bounds) != 2:
+                raise ValueError
     except ValueError:
-        raise ConfigError("--alpha-bounds", a.alpha_bounds, "'LOW,HIGH' (e.g. 0.2,0.3) or 'none'") from None
+        raise ConfigError("--alpha-bounds", a.alpha_bounds, f"'LOW,HIGH' (e.g. 0.2,0.3), '{AUTO}' or 'none'") from None
+    for flag, value, lowest in (("--bootstrap", a.bootstrap, 0), ("--profile-points", a.profile_points, 0)):
+        if value < lowest or value == 1:
+            raise ConfigError(flag, value, "0 (off) or an integer >= 2")
     try:
         table = pd.concat([load_scaling_input(p, metric=a.metric, length=a.length, scale=a.scale,
-                                              variant=a.variant, log_values=a.log_values) for p in a.table],
-                          ignore_index=True)
-        fit = fit_table(table, forms=tuple(a.forms.split(",")), alpha_bounds=bounds,
-                        holdout=None if a.holdout == "none" else a.holdout)
+                                              variant=a.variant, log_values=a.log_values, overrides=a.overrides)
+                           for p in a.table], ignore_index=True)
+        fit = fit_table(table, forms=tuple(a.forms.split(",")), alpha_bounds=bounds, procedure=a.procedure,
+                        holdout=None if a.holdout == "none" else a.holdout, n_boot=a.bootstrap,
+                        resample=a.resample, seed=a.seed, profile_points=a.profile_points)
     except ValueError as e:  # the table's content does not allow the fit: say why, like the other user errors
         print(f"hybridlab scaling-fit: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    _write(a, fit)
+    print("\n".join(describe_fits(fit.summary)))
+    _write(a, fit.summary)
+    if a.draws_out:
+        _write(a, fit.draws, a.draws_out)
 
 
 ANALYZE_EXTRA = ("trajectory", "traced", "onset", "masking")  # tables `analyze` writes besides heads.csv, when asked
@@ -171,11 +214,14 @@ RUN_STAGES = (
     ("analyze", cmd_analyze, "retrieval heads, trajectories, onset and head masking (heads.csv, ...)"),
     ("probe", cmd_probe, "layer-wise logistic-regression probes on the residual stream (probe.csv)"),
     ("gradinf", cmd_gradinf, "gradient influence G(d) by distance (gradinf.csv)"),
+    ("lm-eval", cmd_lm_eval, "lm-evaluation-harness tasks of eval.lm_eval.run (lmeval.csv)"),
 )
+# Every table a DAG always makes, and those it makes when configured (lmeval); `aggregate` takes both.
 TABLE_COLUMNS = {
     **TABLES,
     "train": TRAIN_COLUMNS,
 }
+AGGREGATE_COLUMNS = {**TABLE_COLUMNS, **OPTIONAL_TABLES}
 
 
 def cmd_aggregate(a) -> None:
@@ -185,7 +231,7 @@ def cmd_aggregate(a) -> None:
 
     frames = []
     for path in a.inputs:
-        df = read_table(path, TABLE_COLUMNS[a.kind])
+        df = read_table(path, AGGREGATE_COLUMNS[a.kind])
         run = Path(path).parent  # per-run tables live in runs/<size>/<variant>/seed<N>/[budget<k>/]
         if run.name.startswith("budget"):
             df.insert(0, "budget_k", float(run.name.removeprefix("budget")))
@@ -227,12 +273,13 @@ def cmd_describe(a) -> None:
             steps = int(t.steps) + sum(b.decay_steps for b in branch_plan(cfg, n) if b.end_step < int(t.steps))
             flops = 3 * model.flops_per_sequence(int(cfg.scale.context)) * int(t.batch_size) * steps
             mfu, peak = plan.get("assumed_mfu", 0.35), plan.get("peak_tflops", 989) * 1e12
+            n_seeds = int((plan.get("seed_counts") or {}).get(v, len(plan["seeds"])))  # scale.seed_counts
             runs.append({"size": size, "variant": v, "non_embedding_params": n, "steps": int(t.steps),
-                         "tokens": int(t.steps) * int(t.batch_size) * int(cfg.scale.context),
-                         "train_flops": flops, "gpu_hours": flops / (mfu * peak) / 3600 * len(plan["seeds"])})
+                         "tokens": int(t.steps) * int(t.batch_size) * int(cfg.scale.context), "seeds": n_seeds,
+                         "train_flops": flops, "gpu_hours": flops / (mfu * peak) / 3600 * n_seeds})
     write_json(a.out, {**plan, "layouts": layouts, "runs": runs})
     total = sum(r["gpu_hours"] for r in runs)
-    print(f"scale {a.scale}: {len(runs) * len(plan['seeds'])} training runs, about {total:,.1f} GPU-hours "
+    print(f"scale {a.scale}: {sum(r['seeds'] for r in runs)} training runs, about {total:,.2f} GPU-hours "
           f"at {plan.get('assumed_mfu', 0.35):.0%} MFU -> {a.out}")
 
 
@@ -329,8 +376,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--outs", nargs="+", required=True, help="run folders, one per seed, in the order of --seeds")
+    p.add_argument("--outs", nargs="+", required=True,
+                   help="run folders, one per seed, in the order of --seeds (Hydra overrides go before this option)")
     p.set_defaults(fn=cmd_train_group)
+    p = sub.add_parser("export-hf", help="a run's checkpoint as a Hugging Face model folder (config, safetensors, "
+                       "model code, tokenizer)")
+    _run_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--checkpoint", help="a ckpt/tokens_*.pt of the run (default: its final one)")
+    p.set_defaults(fn=cmd_export_hf)
+    p = sub.add_parser("evaluate-group", help="every per-run evaluation and analysis (evaluate, receptive, "
+                       "analyze, probe, gradinf) of several seeds of one variant, in one process")
+    _run_args(p, run=False)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="run folders, one per seed, in the order of --seeds (Hydra overrides go before this option)")
+    p.set_defaults(fn=cmd_evaluate_group)
     p = sub.add_parser("train-branch", help="one WSD decay branch of the scaling grid, forked from a stable run")
     _run_args(p)
     p.add_argument("--data", required=True)
@@ -340,19 +405,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train_branch)
     p = sub.add_parser("scaling-fit", help="fit L(N, D) = B/N^alpha + C/D^beta [+ E] to scaling tables")
     p.add_argument("--table", nargs="+", required=True,
-                   help="TSV/CSV of (size, N, D, loss), a tidy table with N, or the pipeline's eval.csv")
+                   help="TSV/CSV of (size, N, D, loss), the authors' released TSV (model_size, token_multiplier, "
+                        "n, loss), a tidy table with N, or the pipeline's eval.csv / budgets.csv")
     p.add_argument("--out", required=True, help="fit CSV: (variant, form, kind, name, value)")
     p.add_argument("--metric", default="log_longppl", help="metric of tidy/eval tables (default log_longppl)")
     p.add_argument("--length", type=int, help="eval tables: the length, when the metric has several")
     p.add_argument("--scale", help="eval tables: their scale (default: from the path results/<scale>/...)")
     p.add_argument("--variant", help="fit only this variant")
     p.add_argument("--forms", default="no_constant,constant", help="comma-separated: no_constant, constant")
-    p.add_argument("--alpha-bounds", default="0.2,0.3", help="'LOW,HIGH' or 'none' (free alpha >= 0)")
-    p.add_argument("--holdout", choices=["largest", "none"], default="largest")
-    p.add_argument("--log-values", action="store_true", help="values are LongPPL: fit their log")
+    p.add_argument("--procedure", choices=["default", "released"], default="default",
+                   help="default: analytic-gradient L-BFGS-B, tight tolerances; released: the authors' "
+                        "fit_scaling.py procedure (its grid, finite differences, tolerances, refinement)")
+    p.add_argument("--alpha-bounds", default="auto",
+                   help="'LOW,HIGH', 'none' (free alpha >= 0) or 'auto' (default: 0.2,0.3; the released "
+                        "procedure's constant form leaves alpha free, as the release does)")
+    p.add_argument("--holdout", choices=["largest", "none"], default="largest",
+                   help="largest: hold out every row of the largest N (the authors' --validate)")
+    p.add_argument("--log-values", action="store_true",
+                   help="values are LongPPL: fit their log (the release's --longppl; its swa128_longppl.tsv needs it)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for the intervals (0: none)")
+    p.add_argument("--resample", choices=["points", "sizes"], default="points",
+                   help="what the bootstrap resamples: rows, or whole model sizes")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
+    p.add_argument("--profile-points", type=int, default=21, help="alpha values of the profile (0: none)")
+    p.add_argument("--draws-out", help="also write the bootstrap draws (the band of Fig. 2) to this CSV")
+    p.add_argument("overrides", nargs="*", help="eval tables: the scale's Hydra overrides (they may change N)")
     p.set_defaults(fn=cmd_scaling_fit)
     p = sub.add_parser("aggregate", help="concatenate per-run tables")
-    p.add_argument("--kind", choices=sorted(TABLE_COLUMNS), required=True)
+    p.add_argument("--kind", choices=sorted(AGGREGATE_COLUMNS), required=True)
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="+")
     p.set_defaults(fn=cmd_aggregate)

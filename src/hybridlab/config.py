@@ -293,6 +293,7 @@ RULES: dict[str, Rule] = {
     "eval.niah_lengths": list_of(number(0, open_lo=True)),
     "eval.niah_samples": integer(1),
     "eval.niah_lengths_all_checkpoints": optional(BOOL),
+    "eval.group_runs": optional(BOOL),
     "eval.niah_depth_range": Rule(lambda v: isinstance(v, list | ListConfig) and len(v) == 2
                                   and all(_is_num(x) for x in v) and 0 <= v[0] <= v[1] <= 1,
                                   "[lo, hi] with 0 <= lo <= hi <= 1 (fractions of the haystack)"),
@@ -302,12 +303,20 @@ RULES: dict[str, Rule] = {
     "eval.ruler_samples": optional(integer(0)),
     "eval.probe_samples": optional(integer(0)),
     "eval.eval_seed": optional(integer(0)),
-    "eval.haystack_file": optional(existing("file")),
     "eval.pos_bucket_min": optional(integer(1)),
     "eval.top_heads": optional(integer(1)),
     "eval.retrieval_query_from_end": optional(Rule(lambda v: _is_int(v) and 1 <= v <= 4,
                                                    "an integer in [1, 4] (1: the last token; the authors: 2)")),
     "eval.needle_span": optional(one_of("first", "answer")),
+    "eval.gen_extra_tokens": optional(integer(0)),
+    "eval.lm_eval.run": optional(list_of(TEXT, nonempty=False, unique=True)),
+    "eval.lm_eval.max_length": optional(integer(1)),
+    "eval.lm_eval.batch_size": optional(integer(1)),
+    "eval.lm_eval.max_gen_toks": optional(integer(1)),
+    "eval.lm_eval.num_fewshot": optional(integer(0)),
+    "eval.lm_eval.limit": optional(number(0, open_lo=True)),
+    "eval.lm_eval.bootstrap_iters": optional(integer(0)),
+    "eval.lm_eval.all_checkpoints": optional(BOOL),
     "variant.first_full": integer(0),
     "variant.sinks": integer(0),
     "variant.full_rope": BOOL,
@@ -361,6 +370,10 @@ def _validate(cfg: DictConfig) -> None:
     from hybridlab.data.synthetic import DISTANCE_LAWS  # numpy only; the corpus's own list of laws
 
     _apply(cfg, RULES)
+    if cfg.eval.get("haystack_file") is not None:
+        from hybridlab.data.evalsets import haystack_text  # numpy only: reads and checks the user's file
+
+        haystack_text(cfg.eval.haystack_file)
     source = cfg.data.source
     if source == "synthetic":
         _apply(cfg, {**SYNTHETIC_RULES, "data.distance_dist": one_of(*DISTANCE_LAWS)})

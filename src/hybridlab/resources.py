@@ -38,7 +38,12 @@ MARGIN_MEM, MARGIN_TIME = 1.5, 2.0
 
 # The kinds of job the rules declare; every other rule (tables, figures) is small.
 KINDS = ("prepare_data", "train", "train_branch", "evaluate", "evaluate_branch", "receptive", "analyze", "probe",
-         "gradinf", "small")
+         "gradinf", "evaluate_group", "lm_eval", "small")
+# evaluate_group (eval.group_runs) makes every per-run table of its runs in one process: these kinds' work.
+GROUPED_KINDS = ("evaluate", "receptive", "analyze", "probe", "gradinf")
+# lm_eval's work depends on the lm-eval tasks, unknown until the harness loads them: a fixed allowance on the
+# final checkpoint (a profile's set-resources says more for long task lists, e.g. RULER at 16K).
+LM_EVAL_S = 4 * 3600
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,9 @@ def job_size(cfg: DictConfig, kind: str, n_runs: int = 1, budget_k: float | None
     else:
         checkpoints = 1 if kind == "evaluate_branch" else n_checkpoints(cfg, steps)
         threads, state = 1, 8 * cost.params
-        work_s = _seconds(cost.flops_per_token * eval_tokens(cfg, kind, checkpoints), device, threads, 0)
+        kinds = GROUPED_KINDS if kind == "evaluate_group" else (kind,)
+        work_s = LM_EVAL_S if kind == "lm_eval" else n_runs * sum(
+            _seconds(cost.flops_per_token * eval_tokens(cfg, k, checkpoints), device, threads, 0) for k in kinds)
     activations = 0.0 if device == "gpu" else (
         cost.activation_bytes_per_token * int(t.micro_batch_size) * int(cfg.scale.context) * 2)
     workers = WORKER_MB * int(t.num_workers) if kind.startswith("train") and device == "gpu" else 0

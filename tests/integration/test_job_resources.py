@@ -95,3 +95,19 @@ def test_smoke_dag_fits_a_two_cpu_node(tmp_path):
     assert all(r.runtime <= 60 for r in requests), [r for r in requests if r.runtime > 60]
     # and a smaller node is refused, naming the rules (the check is not vacuous)
     assert unfit(requests, [Node("debug", True, 2, 1024, 0, math.inf)])
+
+
+@pytest.mark.slow
+def test_mini_dag_sizes_each_seed_group_for_its_runs(tmp_path):
+    """train.group_seeds and eval.group_runs: one job per variant does all its seeds (8 or 4 at mini)."""
+    jobs = [j for j in dry_run_jobs(tmp_path, "mini") if not j["local"]]
+    groups = defaultdict(list)
+    for job in jobs:
+        if re.fullmatch(r"(train|evaluate)_group_\d+", job["rule"]):
+            groups[job["rule"]].append(job["resources"])
+    assert set(groups) == {"train_group_0", "train_group_1", "evaluate_group_0", "evaluate_group_1"}
+    for rule, res in groups.items():
+        assert len(res) == 5 and all(r == res[0] for r in res), rule  # one per variant, sized alike within a group
+        assert isinstance(res[0]["mem_mb"], int) and isinstance(res[0]["runtime"], int) and res[0]["gpu"] == 1, rule
+    for kind in ("train", "evaluate"):  # group 0 holds 8 seeds, group 1 holds 4
+        assert groups[f"{kind}_group_0"][0]["runtime"] > groups[f"{kind}_group_1"][0]["runtime"], kind

@@ -44,8 +44,15 @@ def test_every_output_exists_and_is_well_formed(smoke_run):
     for kind, columns in TABLE_COLUMNS.items():
         df = pd.read_csv(res / "tables" / f"{kind}.csv")
         assert list(df.columns)[-len(columns):] == list(columns)
+        if kind == "trajectory":  # rows only for traced heads that formed; a smoke run may form none
+            continue
         assert len(df) > 0
         assert set(df["variant"]) == set(plan["variants"])
+    traced = pd.read_csv(res / "tables" / "traced.csv")
+    formed = traced[traced["formed"].astype(bool)]
+    trajectory = pd.read_csv(res / "tables" / "trajectory.csv")
+    assert set(map(tuple, trajectory[["variant", "seed", "layer", "head"]].drop_duplicates().values)) == \
+        set(map(tuple, formed[["variant", "seed", "layer", "head"]].drop_duplicates().values))
     eval_df = pd.read_csv(res / "tables" / "eval.csv")
     assert {"val_loss", "val_loss_local", "log_longppl", "niah_acc"} <= set(eval_df["metric"])
     assert eval_df["value"].between(0, 20).all()

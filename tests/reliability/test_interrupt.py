@@ -25,8 +25,10 @@ import random
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +191,59 @@ def test_under_ddp_both_ranks_stop_at_the_step_the_signal_reached_rank_0(tmp_pat
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert list(pd.read_csv(run / "metrics.csv")["step"]) == list(range(1, 7))
+
+
+@dataclass
+class BlockTrajectoryWrite:
+    """A child hook (fork_cli): the background write of the first trajectory checkpoint (of `ckpt_steps`) at step
+    >= `from_step` waits (after creating `folder/write_<step>`) until the process is killed; a RunRecorder.flush
+    called once that write was submitted creates `folder/flush_waits` first."""
+
+    folder: Path
+    from_step: int
+    ckpt_steps: list[int]
+
+    @property
+    def step(self) -> int:
+        return min(s for s in self.ckpt_steps if s >= self.from_step)
+
+    def __call__(self) -> None:
+        from hybridlab.train import lit
+
+        write, flush = lit.write_weights, lit.RunRecorder.flush
+
+        def blocking_write(state, folder, step, tokens):
+            if step == self.step:
+                (self.folder / f"write_{step}").touch()
+                threading.Event().wait()  # until killed
+            return write(state, folder, step, tokens)
+
+        def watched_flush(recorder, *args, **kw):  # in the training thread: the blocked write was submitted
+            if recorder._step_seen >= self.step:
+                (self.folder / "flush_waits").touch()
+            return flush(recorder, *args, **kw)
+
+        lit.write_weights, lit.RunRecorder.flush = blocking_write, watched_flush
+
+
+@pytest.mark.slow
+def test_a_resume_point_never_runs_ahead_of_the_trajectory_checkpoint_writes(tmp_path, tiny_data):
+    """Trajectory checkpoints are written by a background thread: while one is unwritten, no resume point of its
+    step or later is saved (a run resumed from there would never write it), so a kill then loses nothing."""
+    argv_ref = train_argv(tiny_data, tmp_path / "ref", "swa128", 0, *KILL_RUN)
+    assert run_cli(argv_ref, tmp_path / "ref.log") == 0
+    run, log = tmp_path / "run", tmp_path / "blocked.log"
+    argv = train_argv(tiny_data, run, "swa128", 0, *KILL_RUN)
+    steps = sorted(int(torch.load(p, weights_only=True)["step"]) for p in (tmp_path / "ref" / "ckpt").glob("*.pt"))
+    hook = BlockTrajectoryWrite(tmp_path, 6, steps)
+    proc = fork_cli(argv, log, hook)
+    wait_for(tmp_path / "flush_waits", proc, log)  # the training waits for the write at its next resume point
+    wait_for(tmp_path / f"write_{hook.step}", proc, log)
+    assert (saved_step(run / "last.ckpt") or 0) < hook.step
+    proc.kill()
+    proc.join()
+    assert run_cli(argv, tmp_path / "rerun.log") == 0
+    assert_bit_equal(tmp_path / "ref", run)
 
 
 # --- Snakemake killed mid-DAG ----------------------------------------------------------------------------------

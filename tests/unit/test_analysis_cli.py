@@ -101,7 +101,7 @@ def test_scaling_fit_recovers_a_known_law(tmp_path):
     df.to_csv(tmp_path / "law.tsv", sep="\t", index=False)
     out = tmp_path / "fit.csv"
     assert main(["scaling-fit", "--table", str(tmp_path / "law.tsv"), "--out", str(out), "--forms",
-                 "no_constant"]) == 0
+                 "no_constant", "--bootstrap", "0", "--profile-points", "0"]) == 0
     fit = pd.read_csv(out).set_index("name")["value"]
     assert fit["alpha"] == pytest.approx(0.25, abs=0.01) and fit["beta"] == pytest.approx(0.33, abs=0.01)
     assert fit["holdout_log_r2"] > 0.99
@@ -118,3 +118,25 @@ def test_scaling_fit_reads_an_eval_table_and_explains_what_is_missing(run, tmp_p
     assert list(table.columns) == ["variant", "size", "N", "D", "loss"]
     assert (table["size"] == "tiny").all() and table["D"].tolist() == [128, 256]
     assert np.isfinite(table["N"]).all()
+
+
+def test_evaluate_group_writes_exactly_the_tables_of_the_single_stages(run, tmp_path):
+    """One process for every per-run stage of several runs gives, per run, the files the single stages give."""
+    import shutil
+
+    src = run["eval"].parent
+    runs = [tmp_path / "runs" / "tiny" / VARIANT / f"seed{i}" for i in (0, 1)]
+    for r in runs:
+        r.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src / "ckpt", r / "ckpt")
+        shutil.copy(src / "train_done.json", r / "train_done.json")
+    data = run["args"][run["args"].index("--data") + 1]
+    assert main(["evaluate-group", *OVERRIDES, "--variant", VARIANT, "--seeds", "0", "0", "--data", data,
+                 "--runs", *map(str, runs)]) == 2  # seeds must be distinct: refused, nothing written
+    assert not (runs[0] / "eval.csv").exists()
+    assert main(["evaluate-group", *OVERRIDES, "--variant", VARIANT, "--seeds", "0", "1", "--data", data,
+                 "--runs", *map(str, runs)]) == 0
+    for kind, name in RUN_FILES.items():
+        expected = pd.read_csv(run[kind])
+        pd.testing.assert_frame_equal(pd.read_csv(runs[0] / name), expected, check_exact=False, rtol=1e-6)
+        assert (pd.read_csv(runs[1] / name)["seed"] == 1).all(), kind

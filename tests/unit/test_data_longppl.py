@@ -112,3 +112,36 @@ def test_load_reference_from_a_local_transformers_model(tmp_path):
         logits = scorer.model(x[:, 20 - W:21]).logits
     assert torch.allclose(short[0, 20], torch.log_softmax(logits[0, -2], -1)[x[0, 20]], atol=1e-5)
     assert key_token_mask(scorer, x.numpy(), W).shape == (1, 24)
+
+
+def test_log_longppl_comes_from_the_longppl_split_when_the_data_has_one(tmp_path):
+    """The paper data keep C4 for the short-context loss and GovReport for LongPPL: with a `longppl` split (and
+    its key-token mask) in the manifest, log_longppl is the mean loss over that split's key tokens."""
+    import numpy as np
+    import torch
+
+    from hybridlab.config import load_config
+    from hybridlab.data.prepare import prepare
+    from hybridlab.data.shards import MANIFEST, save_array
+    from hybridlab.evals.evaluate import load_val, token_losses, val_losses
+    from hybridlab.io import read_json, write_json
+    from hybridlab.models import build_model
+
+    cfg = load_config("smoke", "full", 0, ["data.n_train_seqs=8", "data.n_val_seqs=8", "eval.niah_samples=2",
+                                           "eval.ruler_samples=2", "eval.probe_samples=0", "eval.val_batches=1",
+                                           "eval.batch_size=4"])
+    manifest = prepare(cfg, tmp_path)
+    shard = dict(manifest["splits"]["val"][0])
+    key = np.zeros(shard["tokens"]["shape"], dtype=bool)
+    key[:, 100:140] = True
+    shard["key"] = save_array(tmp_path / "longppl_key_000.npy", key)
+    manifest["splits"]["longppl"] = [shard]
+    write_json(tmp_path / MANIFEST, manifest)
+    assert read_json(tmp_path / MANIFEST)["splits"]["longppl"]
+    val = load_val(cfg, tmp_path)
+    assert val.longppl_tokens is not None and val.key[:, 100:140].all() and not val.key[:, :100].any()
+    torch.manual_seed(0)
+    model = build_model(cfg, manifest["vocab_size"]).eval()
+    _, metrics = val_losses(model, val, 4, torch.device("cpu"))
+    lp = token_losses(model, val.longppl_tokens, 4, torch.device("cpu"))
+    assert metrics["log_longppl"] == pytest.approx(lp[:, 99:139].mean().item(), rel=1e-6)

@@ -171,27 +171,6 @@ def test_figure_specs_match_figure_names():
     assert all(s.caption for s in specs)
 
 
-def test_scaling_figure_draws_a_column_per_size_with_fitted_curves(tmp_path):
-    import matplotlib.pyplot as plt
-
-    from hybridlab.figures import plots
-
-    t = synthetic_tables({"swa128": ONSETS["swa128"], "full": ONSETS["full"]}, sizes=True)
-    with pytest.MonkeyPatch.context() as mp:
-        captured = []
-        mp.setattr(plots, "save", lambda fig, out, name: captured.append(fig) or [])
-        plots.fig2_scaling(t.frames["eval"], tmp_path, CONTEXT, t.frames["scaling_fit"], t.n_params())
-    axes = captured[0].axes
-    assert len(axes) == 4 and [ax.get_title() for ax in axes[:2]] == ["size S0", "size S1"]
-    dashed = [ln for ax in axes for ln in ax.get_lines() if ln.get_linestyle() == "--"]
-    assert len(dashed) == 4  # a fitted curve per variant in each size's log(LongPPL) panel
-    n_small = t.n_params()[("S0", "swa128")]
-    curve = next(ln for ln in axes[2].get_lines() if ln.get_linestyle() == "--")
-    d = curve.get_xdata()[0]
-    assert curve.get_ydata()[0] == pytest.approx(60.0 / n_small**0.25 + 20.0 / d**0.3)
-    plt.close("all")
-
-
 def test_several_sizes_restrict_claims_and_other_figures_to_the_largest():
     t = synthetic_tables(sizes=True)
     assert t.sizes == ["S0", "S1"] and t.main_size == "S1"

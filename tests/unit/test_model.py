@@ -91,3 +91,16 @@ def test_only_residual_outputs_get_the_residual_init_scale(smoke_cfg, variant):
     for name, w in linears:
         expected = scaled if id(w) in residual else 0.02
         assert abs(w.std().item() / expected - 1) < 0.3, (name, w.std().item(), expected)
+
+
+@pytest.mark.parametrize("variant", ["swa128_headwise", "gdn"])
+def test_the_forward_compiles_without_graph_breaks_but_the_state_kernel(smoke_cfg, variant):
+    """Dynamo sees one graph for attention models; recurrent mixers break it only where the chunk-state kernel
+    is called (its launch is opaque to Dynamo by design)."""
+    import torch._dynamo as dynamo
+
+    model = build_model(smoke_cfg(variant, 0, "model.attn_backend=sdpa"), VOCAB)
+    explained = dynamo.explain(model)(torch.randint(0, VOCAB, (1, 80)))
+    reasons = [str(b.reason) for b in explained.break_reasons]
+    assert all("chunk_state" in r for r in reasons), reasons
+    assert bool(reasons) == (variant == "gdn")

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from hybridlab.config import load_config, scale_plan, variant_names
-from hybridlab.resources import KINDS, MAX_RUNTIME, MIN_RUNTIME, job_size, model_cost, planned_size
+from hybridlab.resources import (
+    GROUPED_KINDS,
+    KINDS,
+    LM_EVAL_S,
+    MAX_RUNTIME,
+    MIN_RUNTIME,
+    job_size,
+    model_cost,
+    planned_size,
+)
 
 # One variant per kind of layer mix (the SWA variants have Full's parameters and fewer FLOPs).
 MIXER_VARIANTS = ("full", "swa128_headwise", "lightning", "mamba2", "gdn")
@@ -70,8 +79,17 @@ def test_every_kind_stays_within_the_bounds(scale):
             assert MIN_RUNTIME <= got.runtime <= MAX_RUNTIME, (size, kind, got)
 
 
+def test_a_grouped_evaluation_asks_for_all_its_runs_work_and_lm_eval_for_its_allowance():
+    parts = [planned_size("paper", (), "S5", kind) for kind in GROUPED_KINDS]
+    one, two = (planned_size("paper", (), "S5", "evaluate_group", n) for n in (1, 2))
+    assert one.runtime >= max(p.runtime for p in parts) and two.runtime > one.runtime
+    assert one.mem_mb == two.mem_mb == planned_size("paper", (), "S5", "evaluate").mem_mb  # one model at a time
+    assert planned_size("paper", (), "S1", "lm_eval").runtime >= LM_EVAL_S / 60
+
+
 def test_smoke_jobs_ask_for_a_laptop():
-    for kind in set(KINDS) - {"train_branch"}:  # no budget branches at the smoke scale
+    # no budget branches at the smoke scale; lm_eval only when eval.lm_eval.run names tasks (none at smoke)
+    for kind in set(KINDS) - {"train_branch", "lm_eval"}:
         got = planned_size("smoke", (), "tiny", kind)
         assert got.threads <= 2 and got.mem_mb <= 4096 and got.runtime <= 60, (kind, got)
 

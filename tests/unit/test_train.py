@@ -128,3 +128,17 @@ def test_train_group_equals_separate_runs(tmp_path, data_dir, smoke_cfg):
                                       pd.read_csv(tmp_path / f"alone{seed}" / "metrics.csv")[["step", "loss"]])
     assert not torch.equal(final_weights(tmp_path / "g0")["embed.weight"],
                            final_weights(tmp_path / "g1")["embed.weight"])
+
+
+def test_compile_warm_up_input_has_the_training_steps_layout(data_dir, smoke_cfg):
+    """The warm-up must compile what training runs: the same shape and the same strides as `batch[:, :-1]`."""
+    from hybridlab.data.shards import load_split
+    from hybridlab.train.lit import StepSampler, TokenDataset
+    from hybridlab.train.run import warm_batch
+
+    tokens, _ = load_split(data_dir, "train")
+    sampler = StepSampler(len(tokens), 4, 4, 0, 1, lambda: 0)
+    ds = TokenDataset(tokens)
+    batch = torch.stack([ds[i] for i in next(iter(sampler))])[:, :-1]
+    warm = warm_batch(50, 4, tokens.shape[1] - 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert warm.shape == batch.shape and warm.stride() == batch.stride() and warm.dtype == batch.dtype

@@ -48,6 +48,16 @@ TRAIN_WRAP = gpu_wrap(TRAIN_DEVICES)
 TRAIN_GPUS = (1 if TRAIN_DEVICES == 1 else TRAIN_DEVICES * int(os.environ.get("HYBRIDLAB_JOBS_PER_GPU", "1"))) if ON_GPU else 0
 BUDGETS = [str(k) for k in _CFG.train.budgets_k] if _CFG.train.schedule == "wsd" else []
 GROUP_SEEDS = bool(_CFG.train.get("group_seeds", False))
+# eval.group_runs: one job per variant runs every per-run evaluation and analysis of its seeds (evaluate_group);
+# the per-run rules then match no variant.
+GROUP_EVAL = bool(_CFG.eval.get("group_runs", False))
+PER_RUN_VARIANTS = "(?!)" if GROUP_EVAL else "|".join(VARIANTS)
+# Variants by their seed list (scale.seed_counts lets some variants run fewer seeds): one group rule per list.
+SEED_GROUPS = {}
+for _v in VARIANTS:
+    SEED_GROUPS.setdefault(tuple(SEEDS_BY_VARIANT[_v]), []).append(_v)
+# lm-evaluation-harness suites and tasks (eval.lm_eval.run); none: the lm_eval rule is not part of the DAG.
+LM_EVAL = list(_CFG.eval.lm_eval.get("run") or [])
 
 
 def budget_points(size):

@@ -9,6 +9,11 @@ DATA_GROUPS = group_ids(_CFG.data)
 # CPU-second per process, and the job's main process (reading, packing) handles ~3M tokens/s, so about 8
 # processes saturate one job; memory stays below ~0.3 GB per process whatever the corpus size (README).
 DATA_THREADS = 8
+# A user's haystack file (eval.haystack_file, checked when the config is) is an input: editing it rebuilds the
+# eval sets, and the manifest records its sha256.
+from hybridlab.data.evalsets import haystack_path
+
+HAYSTACK = [str(haystack_path(_CFG.eval.haystack_file))] if _CFG.eval.get("haystack_file") else []
 
 
 if DATA_GROUPS:
@@ -64,6 +69,7 @@ rule prepare_data:
     """The data folder's manifest: synthetic corpus and eval sets, or the mix of the prepared groups."""
     input:
         groups=[f"{DATA}/groups/{gid}.json" for gid in DATA_GROUPS],
+        haystack=HAYSTACK,
     output:
         manifest=f"{DATA}/manifest.json",
     params:

@@ -6,14 +6,17 @@
 # (after `figures_only`, name it as the target too: `snakemake figures_only --report ...`).
 import sys
 
-from hybridlab.analysis.schemas import RUN_FILES
+from hybridlab.analysis.schemas import OPTIONAL_RUN_FILES, RUN_FILES
 from hybridlab.figures import FIGURES, TABLE_NAMES
 
-# Every per-run table is concatenated into tables/<kind>.csv (train's per-run file is its metrics.csv).
-TABLE_KINDS = {**RUN_FILES, "train": "metrics.csv"}
+# Every per-run table is concatenated into tables/<kind>.csv (train's per-run file is its metrics.csv); lmeval
+# only when eval.lm_eval.run asks for tasks.
+TABLE_KINDS = {**RUN_FILES, **(OPTIONAL_RUN_FILES if LM_EVAL else {}), "train": "metrics.csv"}
 TABLES_DIR = f"{RES}/tables"
-# Tables no per-run rule makes; figures use them when present (the Fig. 2 fitted curves).
-OPTIONAL_TABLES = ("scaling_fit",)
+# Tables no per-run rule makes; figures use them when present (Fig. 2: the budget points, the fitted law and its
+# bootstrap band; the report's scaling-fit table and the grid's C1 check; the optional per-run tables, lmeval).
+SCALING_TABLES = ("budgets", "scaling_fit", "scaling_draws")
+OPTIONAL_TABLES = (*SCALING_TABLES, *(k for k in OPTIONAL_RUN_FILES if k not in TABLE_KINDS))
 # With figures_only among the targets the rules that make tables are left out, so the tables are plain inputs
 # and nothing upstream (training, evaluation) can be scheduled, whatever the state of the runs folder.
 FIGURES_ONLY = "figures_only" in sys.argv[1:]
@@ -71,7 +74,8 @@ if not FIGURES_ONLY:
 
     if BUDGETS:
 
-        # The scaling grid: the decayed end of every budget branch, then the fit of L(N, D) across sizes.
+        # The scaling grid: the decayed end of every budget branch, then the fit of L(N, D) across sizes with its
+        # bootstrap intervals (draws: the band of Fig. 2); the largest size is held out (analysis/scaling.py).
         rule budgets_table:
             input:
                 branch_outputs("eval.csv"),
@@ -95,8 +99,10 @@ if not FIGURES_ONLY:
             input:
                 rules.budgets_table.output,
             output:
-                f"{TABLES_DIR}/scaling_fit.csv",
+                fit=f"{TABLES_DIR}/scaling_fit.csv",
+                draws=f"{TABLES_DIR}/scaling_draws.csv",
             params:
+                common=COMMON,
                 hybridlab=HYBRIDLAB,
             log:
                 f"{RES}/logs/scaling_fit.log",
@@ -108,7 +114,8 @@ if not FIGURES_ONLY:
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "{params.hybridlab} scaling-fit --table {input} --out {output} > {log} 2>&1"
+                "{params.hybridlab} scaling-fit --table {input} --out {output.fit} --draws-out {output.draws} "
+                "{params.common} > {log} 2>&1"
 
     rule describe:
         output:
@@ -129,7 +136,7 @@ if not FIGURES_ONLY:
 rule figures:
     input:
         tables=expand(f"{TABLES_DIR}/{{kind}}.csv", kind=TABLE_KINDS),
-        fit=[f"{TABLES_DIR}/scaling_fit.csv"] if BUDGETS and len(SIZES) > 1 else [],
+        fit=expand(f"{TABLES_DIR}/{{name}}.csv", name=SCALING_TABLES) if BUDGETS and len(SIZES) > 1 else [],
         info=f"{TABLES_DIR}/info.json",
     output:
         **PAPER_OUTPUTS,

@@ -6,12 +6,8 @@ TRAIN_DONE = f"{RUN}/train_done.json"
 _TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} {params.hybridlab} "
 
 if GROUP_SEEDS:
-    # One rule per distinct seed list (scale.seed_counts lets some variants run fewer seeds).
-    _SEED_GROUPS = {}
-    for _v in VARIANTS:
-        _SEED_GROUPS.setdefault(tuple(SEEDS_BY_VARIANT[_v]), []).append(_v)
-
-    for _i, (_seeds, _variants) in enumerate(_SEED_GROUPS.items()):
+    # One rule per distinct seed list (SEED_GROUPS).
+    for _i, (_seeds, _variants) in enumerate(SEED_GROUPS.items()):
 
         rule:
             """Train every seed of one (size, variant) in one process, one run after another."""

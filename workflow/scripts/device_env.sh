@@ -7,8 +7,12 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HYBRIDLAB_PROGRESS=0 TRITON_CACHE_DIR=/tmp/triton-cache
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if ! python3 -c "import snakemake, hydra" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
+  # A second call on the same machine finds /tmp/site in place (and jobs of a detached DAG importing from it):
+  # never reinstall over it.
+  if [ ! -d /tmp/site/snakemake ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+      || { echo "wheel install failed"; exit 1; }
+  fi
   export PYTHONPATH=/tmp/site:$PWD/src:$PWD/kernels:$PWD
 fi
 mkdir -p /tmp/bin

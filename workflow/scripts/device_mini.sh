@@ -1,33 +1,63 @@
 #!/usr/bin/env bash
-# The mini DAG on a lent GPU machine whose image lacks Snakemake and Hydra and reaches no package index:
-# installs the wheels carried in .whl/, runs every GPU job on its own card slot (gpu_lock.py), stops the DAG
-# before DAG_TIMEOUT seconds, and packs the small result files (tables, logs, per-run CSVs) into $OUT.
-# Usage (from the repo root): DAG_TIMEOUT=400 bash workflow/scripts/device_mini.sh [extra snakemake args]
+# For a lent one-GPU machine whose image lacks Snakemake and Hydra and reaches no package index: the mini
+# replication from an empty results folder, `make replicate-mini NO_VENV=1` (the image's Python with the wheels
+# carried in .whl/), timed. A command there may run 10 minutes and the DAG takes longer, so it runs detached:
+#   start  copies the checkout to /tmp/hl (so that a later call's copy of the working tree cannot touch the
+#          running DAG), launches the DAG there from an empty results folder in its own session, then waits;
+#   wait   waits again (call it right after `start` returns, while the machine is still warm).
+# Each returns before WAIT seconds (default 570); the one that sees the DAG end packs the tables, logs, the
+# per-run CSVs, the report and its figures into $OUT/mini.tgz and prints the wall time.
+# SCALE=mini_grid (another one-GPU preset) runs that scale's DAG with the same GPU and training slots instead.
+# Usage (repo root): [SCALE=S] bash workflow/scripts/device_mini.sh start   then   ... wait
 set -uo pipefail
 T0=$(date +%s)
+export SCALE=${SCALE:-mini}
 source workflow/scripts/device_env.sh
-nvidia-smi -L | tee "$OUT/gpus.txt"
-device_versions | tee "$OUT/versions.txt"
-NGPU=$(nvidia-smi -L | grep -c '^GPU ')
-export HYBRIDLAB_JOBS_PER_GPU=${JOBS_PER_GPU:-4}
-SLOTS=$((NGPU * HYBRIDLAB_JOBS_PER_GPU))
-( while sleep 15; do
-    echo "t=$(( $(date +%s) - T0 ))s" >> "$OUT/nvidia_smi.log"
-    nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory --format=csv,noheader >> "$OUT/nvidia_smi.log"
-    nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used --format=csv,noheader >> "$OUT/nvidia_smi.log"
-  done ) &
-MON=$!
-TARGETS=$(python3 - <<'PY'
-from hybridlab.analysis.schemas import RUN_FILES
-print(" ".join(f"results/mini/tables/{k}.csv" for k in [*RUN_FILES, "train"]) + " results/mini/tables/info.json")
-PY
-)
-echo "start DAG at t=$(( $(date +%s) - T0 ))s with $SLOTS GPU slots"
-timeout "${DAG_TIMEOUT:-400}" snakemake --cores "$(nproc)" --resources gpu="$SLOTS" --keep-going \
-  --config scale=mini "$@" -- $TARGETS > "$OUT/snakemake.log" 2>&1
-echo "DAG exit $? at t=$(( $(date +%s) - T0 ))s"
-kill $MON 2>/dev/null
-grep -h "gpu_lock: GPU" results/mini/logs/*.log > "$OUT/gpu_assignments.txt" 2>/dev/null
-tar czf "$OUT/mini_results.tgz" results/mini/tables results/mini/logs results/mini/data/manifest.json \
-  $(ls results/mini/runs/*/*/*/*.csv results/mini/runs/*/*/*/*.json 2>/dev/null)
-ls -la "$OUT"; echo "total t=$(( $(date +%s) - T0 ))s"
+W=/tmp/mini_run; mkdir -p "$W"
+R=/tmp/hl
+if [ "$SCALE" = mini ]; then
+  RUN="make replicate-mini NO_VENV=1"
+else
+  RUN="env HYBRIDLAB_JOBS_PER_GPU=4 HYBRIDLAB_TRAIN_LOCK=/tmp/hybridlab-train-{gpu}.lock snakemake --cores all \
+    --resources gpu=4 train=2 --config scale=$SCALE"
+fi
+if [ "${1:-}" = start ]; then
+  rm -rf "$W"/* "$R"; mkdir -p "$R"
+  tar cf - --exclude=./.whl --exclude=./.git --exclude="./results/$SCALE" --exclude="./paper/$SCALE" . | tar xf - -C "$R"
+  nvidia-smi -L > "$W/gpus.txt"; device_versions > "$W/versions.txt"
+  date +%s > "$W/t_start"
+  setsid bash -c "( while sleep 15; do echo \"t=\$(( \$(date +%s) - $(cat "$W/t_start") ))s \$(nvidia-smi \
+      --query-gpu=utilization.gpu,memory.used --format=csv,noheader)\"; done ) > $W/nvidia_smi.log 2>&1 &
+    export PYTHONPATH=/tmp/site:$R/src:$R/kernels:$R; cd $R && $RUN > $W/make.log 2>&1; echo \$? > $W/exit_code; \
+    date +%s > $W/t_end" \
+    > /dev/null 2>&1 < /dev/null &
+fi
+deadline=$(( T0 + ${WAIT:-570} ))
+while [ ! -f "$W/t_end" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 5; done
+start=$(cat "$W/t_start")
+if [ ! -f "$W/t_end" ]; then
+  echo "DAG still running at t=$(( $(date +%s) - start ))s; $(grep -c 'Finished jobid' "$W/make.log") jobs done"
+  tail -3 "$W/make.log"
+  exit 0
+fi
+echo "DAG exit $(cat "$W/exit_code") after $(( $(cat "$W/t_end") - start )) s ($RUN)"
+pkill -f "nvidia-smi --query-gpu" 2>/dev/null
+cd "$R"
+tar czf "$OUT/$SCALE.tgz" -C /tmp mini_run -C "$R" "results/$SCALE/tables" "results/$SCALE/logs" \
+  "results/$SCALE/data/manifest.json" "paper/$SCALE" $(ls results/"$SCALE"/runs/*/*/*/*.csv \
+  results/"$SCALE"/runs/*/*/*/*.json results/"$SCALE"/runs/*/*/*/budget*/*.csv 2>/dev/null)
+ls -la "$OUT"; tail -5 "$W/make.log"
+# Time left before BENCH_DEADLINE seconds after the DAG's start: the throughput rows of issue 15 that need a card
+# of their own (S1 and S5 shapes at 16K), each cut at the deadline.
+left=$(( ${BENCH_DEADLINE:-0} - ($(date +%s) - start) ))
+if [ "$left" -gt 90 ]; then
+  B=/tmp/bench_after; mkdir -p "$B"
+  timeout $(( left / 2 )) python3 -m hybridlab.cli benchmark --out "$B/S1_16k.csv" --variants full mamba2 gdn \
+    --sizes S1 --context 16384 --batch 4 --steps 5 > "$B/log.txt" 2>&1
+  left=$(( ${BENCH_DEADLINE:-0} - ($(date +%s) - start) ))
+  [ "$left" -gt 40 ] && timeout "$left" python3 -m hybridlab.cli benchmark --out "$B/S5_16k_compiled.csv" \
+    --variants full swa128 --sizes S5 --context 16384 --batch 1 --steps 5 --compile >> "$B/log.txt" 2>&1
+  device_versions > "$B/versions.txt"
+  tar czf "$OUT/bench_after.tgz" -C /tmp bench_after
+  cat "$B"/*.csv
+fi

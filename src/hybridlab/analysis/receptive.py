@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from hybridlab.analysis.schemas import RECEPTIVE_COLUMNS
-from hybridlab.evals.evaluate import load_val, loss_metrics, token_losses
+from hybridlab.evals.evaluate import load_val, val_losses
 from hybridlab.models import Receptive
 from hybridlab.progress import Progress
 
@@ -51,8 +51,8 @@ def receptive_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFram
     progress = Progress("receptive constraint", len(cases))
     for constrained, window, receptive in cases:
         progress.start(f"{constrained} layers, window {window}")
-        losses = token_losses(model, val.tokens, int(cfg.eval.batch_size), device, receptive)
-        for metric, value in loss_metrics(losses, val).items():
+        _, metrics = val_losses(model, val, int(cfg.eval.batch_size), device, receptive)
+        for metric, value in metrics.items():
             rows.append({**base, "constrained": constrained, "window": window, "metric": metric, "value": value})
     progress.done()
     return pd.DataFrame(rows, columns=list(RECEPTIVE_COLUMNS))

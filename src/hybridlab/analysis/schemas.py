@@ -14,6 +14,8 @@ figures read it. Every table is tidy: one row per observation, the measured numb
   onset.csv       onset_tokens, onset_step (+ _interp) of the strongest full head and of any full head
   gradinf.csv     grad_influence by distance bucket (distance = bucket upper bound)
   masking.csv     niah_acc with k heads masked: heads top | random (k = 0: heads none, the unmasked model)
+  lmeval.csv      lm-evaluation-harness scores per task, metric, filter and length, and each suite's mean
+                  (evals/harness.py); written only when eval.lm_eval.run names tasks (OPTIONAL_TABLES)
 """
 
 from __future__ import annotations
@@ -44,5 +46,9 @@ TABLES = {
     "gradinf": GRADINF_COLUMNS,
     "masking": MASKING_COLUMNS,
 }
+LMEVAL_COLUMNS = (*RUN_KEYS, "task", "metric", "filter", "length", "value", "stderr")
+# Tables a run has only when configured (the lm_eval rule runs when eval.lm_eval.run is not empty).
+OPTIONAL_TABLES = {"lmeval": LMEVAL_COLUMNS}
 # The per-run file of each table kind (runs/{variant}/seed{seed}/<file>).
 RUN_FILES = {kind: f"{kind}.csv" for kind in TABLES}
+OPTIONAL_RUN_FILES = {kind: f"{kind}.csv" for kind in OPTIONAL_TABLES}

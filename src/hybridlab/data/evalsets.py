@@ -7,6 +7,12 @@ synthetic corpus's own grammar (`DEF key value` needles, `QRY key` questions, Ma
 (`build_sample`): a BOS, the haystack with the needles inserted at their depths (nothing is overwritten), then
 the question, then (for teacher-forced scoring) the answer tokens, exactly `length` tokens in all.
 
+Haystacks of text (held-out documents, a user's `eval.haystack_file`, the repeated noise sentences) keep their
+sentences whole: a window of the text starts at a sentence start and every needle goes between two sentences,
+at the sentence boundary nearest its depth (between two words where a window holds no sentence end), never
+inside a word. The Markov filler has no sentences (each token is a whole word), so its needles go exactly at
+their depths. `haystack_text` reads and checks a user's file.
+
 Tasks (`TASKS`):
   niah_single        one needle in a text haystack (Markov filler / held-out documents / a text file)
   niah_single_repeat one needle in a repeated-sentence haystack
@@ -32,6 +38,8 @@ tokens[:, :query_pos + 1].
 
 from __future__ import annotations
 
+import functools
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +70,62 @@ def check_depth_range(depth_range) -> tuple[float, float]:
         raise ConfigError("eval.niah_depth_range", list(depth_range) if depth_range is not None else None,
                           "[lo, hi] with 0 <= lo <= hi <= 1 (fractions of the haystack)")
     return lo, hi
+HAYSTACK_KEY = "eval.haystack_file"
+# A token (or word) whose text ends like this ends a sentence: . ! ? (also CJK), optionally followed by closing
+# quotes or brackets and whitespace, or a line break.
+SENTENCE_END = re.compile(r"([.!?\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s*|\n\s*)$")
 
 
 class TooShort(ValueError):
     """A task's needles and questions do not fit in the requested length."""
+
+
+def haystack_path(value) -> Path:
+    """`eval.haystack_file` as a path, `~` expanded (every reader and the workflow go through here)."""
+    if not isinstance(value, str) or not value.strip():
+        from hybridlab.config import ConfigError
+
+        raise ConfigError(HAYSTACK_KEY, value, "null or the path of a UTF-8 text file")
+    return Path(value).expanduser()
+
+
+def haystack_text(value) -> str:
+    """The text of a user's haystack file, checked: it exists, is a readable file (not a folder), is UTF-8 and
+    holds some text. A ConfigError names the key, the value and what is wrong."""
+    path = haystack_path(value)
+    try:
+        stat = path.stat()
+    except OSError as e:
+        stat, why = None, e.strerror or type(e).__name__
+    if stat is None:
+        return _bad_haystack(value, f"the path of an existing, readable UTF-8 text file ({why})")
+    if path.is_dir():
+        return _bad_haystack(value, "a UTF-8 text file, not a folder")
+    return _checked_text(str(path), stat.st_mtime_ns, stat.st_size, str(value))
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_text(path: str, mtime_ns: int, size: int, value: str) -> str:
+    """Read and check once per file version (the workflow validates every run's config)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        return _bad_haystack(value, f"a readable UTF-8 text file ({e.strerror or type(e).__name__})")
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        return _bad_haystack(value, f"a UTF-8 text file (byte {e.start}, line {line}, is {raw[e.start:e.start + 1]!r}, "
+                             "not UTF-8; convert it, e.g. with iconv -t utf-8)")
+    if not text.strip():
+        return _bad_haystack(value, "a text file with some text (it is empty or holds only whitespace)")
+    return text
+
+
+def _bad_haystack(value, allowed: str):
+    from hybridlab.config import ConfigError
+
+    raise ConfigError(HAYSTACK_KEY, value, allowed)
 
 
 @dataclass
@@ -88,7 +148,11 @@ class SyntheticLanguage:
     def __init__(self, corpus: SyntheticCorpus, text_file: str | Path | None = None):
         self.corpus, self.vocab, self.bos = corpus, corpus.vocab, BOS
         self.seed = corpus.spec.corpus_seed
-        self.file_tokens = self.encode_text(Path(text_file).read_text(encoding="utf-8")) if text_file else None
+        self.file_tokens = self.file_ends = None
+        if text_file:
+            text = haystack_text(str(text_file))
+            self.file_tokens = self.encode_text(text)
+            self.file_ends = np.array([1 + bool(SENTENCE_END.search(w)) for w in text.split()], dtype=np.int8)
 
     def encode_text(self, text: str) -> np.ndarray:
         """Any text as filler words: each whitespace word maps to a word id by a stable hash."""
@@ -111,12 +175,12 @@ class SyntheticLanguage:
     def answer(self, value: np.ndarray) -> np.ndarray:
         return value
 
-    def haystack(self, rng: np.random.Generator, n: int, length: int, kind: str) -> np.ndarray:
+    def haystack(self, rng: np.random.Generator, n: int, length: int, kind: str) -> Haystack:
         if kind == "repeat":
-            return _tile(self.corpus.filler.sample(rng, 1, 12)[0], n, length)
+            return Haystack(_tile(self.corpus.filler.sample(rng, 1, 12)[0], n, length))
         if self.file_tokens is not None:
-            return _windows(self.file_tokens, rng, n, length)
-        return self.corpus.filler.sample(rng, n, length)
+            return _windows(self.file_tokens, self.file_ends, rng, n, length)
+        return Haystack(self.corpus.filler.sample(rng, n, length))
 
 
 class TextLanguage:
@@ -142,6 +206,21 @@ class TextLanguage:
         self.stream = np.asarray(haystack_tokens, dtype=np.int64)
         self.noise = tokenizer.encode(self.NOISE)
         self._names: dict[tuple, str] = {}
+        ids = np.unique(np.concatenate([self.stream, self.noise]))
+        self._punct, self._space_after, self._space_before = (np.zeros(int(ids.max()) + 1, dtype=bool)
+                                                              for _ in range(3))
+        for i in ids.tolist():
+            text = tokenizer.decode([i])
+            self._punct[i] = bool(SENTENCE_END.search(text))
+            self._space_after[i], self._space_before[i] = text[-1:].isspace(), text[:1].isspace()
+        self.stream_ends = self._sentence_ends(self.stream)
+        self.noise_ends = self._sentence_ends(np.tile(self.noise, 2))[:len(self.noise)]
+
+    def _sentence_ends(self, ids: np.ndarray) -> np.ndarray:
+        """Per token, the break after it (Haystack.ends): 1 after a word (whitespace follows, in the token or
+        the next one), 2 after a sentence (sentence punctuation, then whitespace: "3.5" is no boundary)."""
+        word = self._space_after[ids] | np.append(self._space_before[ids[1:]], True)
+        return (word.astype(np.int8) + (word & self._punct[ids])).astype(np.int8)
 
     def _word(self, rng: np.random.Generator) -> str:
         return "".join(self.SYLLABLES[i] for i in rng.integers(len(self.SYLLABLES), size=3))
@@ -177,36 +256,72 @@ class TextLanguage:
     def answer(self, value: np.ndarray) -> np.ndarray:
         return value
 
-    def haystack(self, rng: np.random.Generator, n: int, length: int, kind: str) -> np.ndarray:
+    def haystack(self, rng: np.random.Generator, n: int, length: int, kind: str) -> Haystack:
         if kind == "repeat":
-            return _tile(self.noise, n, length)
-        return _windows(self.stream, rng, n, length)
+            return Haystack(_tile(self.noise, n, length), _tile(self.noise_ends, n, length))
+        return _windows(self.stream, self.stream_ends, rng, n, length)
+
+
+@dataclass
+class Haystack:
+    """n haystacks of tokens [n, length]; `ends` [n, length] int8 says what ends after each token: 2 a sentence,
+    1 a word, 0 nothing (inside a word). None: every token is a whole word and a needle may go anywhere."""
+
+    tokens: np.ndarray
+    ends: np.ndarray | None = None
 
 
 def _tile(unit: np.ndarray, n: int, length: int) -> np.ndarray:
     return np.tile(unit, (n, length // len(unit) + 1))[:, :length].copy()
 
 
-def _windows(stream: np.ndarray, rng: np.random.Generator, n: int, length: int) -> np.ndarray:
-    """n windows of `length` tokens at random offsets of a stream (cycled when it is shorter)."""
+def _windows(stream: np.ndarray, ends: np.ndarray | None, rng: np.random.Generator, n: int, length: int) -> Haystack:
+    """n windows of `length` tokens of a stream (cycled when it is shorter), each starting at a sentence start
+    when the stream has sentences (`ends` == 2 marks their last tokens), else at a random offset."""
     if len(stream) < length + 1:
-        stream = np.tile(stream, length // len(stream) + 2)
-    starts = rng.integers(len(stream) - length + 1, size=n)
-    return np.stack([stream[s:s + length] for s in starts])
+        reps = length // len(stream) + 2
+        stream = np.tile(stream, reps)
+        ends = None if ends is None else np.tile(ends, reps)
+    last = len(stream) - length
+    starts = None
+    if ends is not None:
+        sentence_starts = np.concatenate([[0], np.flatnonzero(ends[:-1] == 2) + 1])
+        starts = sentence_starts[sentence_starts <= last]
+    if starts is None or len(starts) == 0:
+        starts = rng.integers(last + 1, size=n)
+        return Haystack(np.stack([stream[s:s + length] for s in starts]),
+                        None if ends is None else np.stack([ends[s:s + length] for s in starts]))
+    picks = starts[rng.integers(len(starts), size=n)]
+    return Haystack(np.stack([stream[s:s + length] for s in picks]), np.stack([ends[s:s + length] for s in picks]))
+
+
+def sentence_cuts(cuts: list[int], ends: np.ndarray | None) -> list[int]:
+    """Move each cut (an insertion point in a haystack: the needle goes before token `cut`) to the nearest
+    sentence boundary (the start, or just after a token with ends == 2); to the nearest word boundary when the
+    haystack holds no sentence end; unchanged without `ends` or any boundary. Cuts stay in order."""
+    if ends is None or not ends.any():
+        return cuts
+    allowed = np.concatenate([[0], np.flatnonzero(ends == ends.max()) + 1])
+    out = []
+    for c in cuts:
+        i = int(np.argmin(np.abs(allowed - c)))  # ties go to the earlier boundary
+        out.append(max(int(allowed[i]), out[-1] if out else 0))
+    return out
 
 
 def build_sample(bos: int, haystack: np.ndarray, needles: list[tuple[np.ndarray, int, int]], depths: list[float],
-                 tail: list[tuple[np.ndarray, bool]], length: int) -> dict:
+                 tail: list[tuple[np.ndarray, bool]], length: int, ends: np.ndarray | None = None) -> dict:
     """One sample: BOS, the haystack cut to fit with needles inserted at `depths`, then the tail segments.
 
-    needles: (tokens, value_start, value_len) in insertion order (depths ascending); tail: (tokens, is_answer).
+    needles: (tokens, value_start, value_len) in insertion order (depths ascending); tail: (tokens, is_answer);
+    ends: which haystack tokens end a sentence (needles then go between sentences, see `sentence_cuts`).
     Returns the tokens and the positions of every needle's value tokens and of every answer token."""
     budget = length - 1 - sum(len(t) for t, _, _ in needles) - sum(len(t) for t, _ in tail)
     if budget < 0:
         raise TooShort(f"eval length {length} is too short for the needles and the question "
                        f"({length - 1 - budget} tokens)")
     hay = haystack[:budget]
-    cuts = [int(round(d * budget)) for d in depths]
+    cuts = sentence_cuts([int(round(d * budget)) for d in depths], None if ends is None else ends[:budget])
     parts, values, prev = [np.array([bos])], [], 0
     pos = 1
     for (tokens, v_start, v_len), cut in zip(needles, cuts, strict=True):
@@ -293,7 +408,8 @@ def make_evalset(lang, task: str, length: int, n_samples: int, seed: int = 0,
             tail.append((lang.question(key, kind), False))
             if with_answer:
                 tail.extend((lang.answer(v), True) for v in vals)
-        s = build_sample(lang.bos, haystacks[i], needles, depth, tail, length)
+        s = build_sample(lang.bos, haystacks.tokens[i], needles, depth, tail, length,
+                         None if haystacks.ends is None else haystacks.ends[i])
         answer = np.concatenate([lang.answer(v) for _, vals in asked for v in vals])
         if task == "niah_multikey":
             s["values"] = [s["values"][j]]

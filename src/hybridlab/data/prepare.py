@@ -23,7 +23,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from hybridlab.data.evalsets import TASKS, SyntheticLanguage, TextLanguage, TooShort, make_evalset
+from hybridlab.data.evalsets import (
+    TASKS,
+    SyntheticLanguage,
+    TextLanguage,
+    TooShort,
+    haystack_path,
+    haystack_text,
+    make_evalset,
+)
 from hybridlab.data.niah import make_niah
 from hybridlab.data.shards import MANIFEST, save_array, token_dtype
 from hybridlab.data.synthetic import N_SPECIAL, CorpusSpec, SyntheticCorpus
@@ -31,7 +39,7 @@ from hybridlab.io import read_json, sha256_file, write_json
 
 log = logging.getLogger("hybridlab")
 SEQS_PER_SHARD = 4096
-FORMAT = 2  # bump when generation or layout changes, so old folders are rebuilt
+FORMAT = 3  # bump when generation or layout changes, so old folders are rebuilt (3: needles between sentences)
 SOURCES = ("synthetic", "text")
 
 
@@ -62,7 +70,7 @@ def data_fingerprint(cfg: DictConfig, parts: list[str] = ()) -> str:
                 "context": int(cfg.scale.context),
                 "eval": [eval_lengths(cfg), e.niah_samples, list(e.niah_depth_range), list(e.get("ruler_tasks", [])),
                          e.get("ruler_samples", 0), e.get("probe_samples", 0), e.get("eval_seed", 0)],
-                "inputs": [sha256_file(e.haystack_file)] if e.get("haystack_file") else []}
+                "inputs": [sha256_file(haystack_path(e.haystack_file))] if e.get("haystack_file") else []}
     if parts:
         relevant["parts"] = list(parts)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -172,7 +180,7 @@ def _real(cfg: DictConfig, out: Path, records: list[dict]) -> dict:
     splits, report = mix.select(d, records)
     haystack_file = cfg.eval.get("haystack_file")
     if haystack_file:
-        stream = tok.encode(Path(haystack_file).read_text(encoding="utf-8"))
+        stream = tok.encode(haystack_text(haystack_file))
     else:  # the held-out documents, without their separators
         from hybridlab.data.shards import load_array
 
@@ -290,7 +298,7 @@ def prepare(cfg: DictConfig, out: str | Path, workers: int = 1) -> dict:
         "tokens": {s: sum(_n_rows(e) * context for e in v) for s, v in splits.items()},
         "key_tokens": _key_counts(out, splits, long_threshold),
         "long_threshold": long_threshold, "splits": splits, "niah": niah, "evalsets": evalsets,
-        "evalsets_skipped": skipped, **built,
+        "evalsets_skipped": skipped, **_haystack_entry(cfg), **built,
     }
     write_json(out / MANIFEST, manifest)
     if old is not None:  # group files belong to their group records, which keep them while up to date
@@ -317,6 +325,13 @@ def _remove_stale_groups(out: Path, records: list[dict]) -> None:
 def _n_rows(entry: dict) -> int:
     lo, hi = entry.get("rows", [0, entry["tokens"]["shape"][0]])
     return hi - lo
+def _haystack_entry(cfg: DictConfig) -> dict:
+    """The user's haystack file, as the manifest records it (its expanded path and sha256), if there is one."""
+    value = cfg.eval.get("haystack_file")
+    if not value:
+        return {}
+    path = haystack_path(value)
+    return {"haystack_file": {"path": str(path), "sha256": sha256_file(path)}}
 
 
 def _key_counts(out: Path, splits: dict, long_threshold: int) -> dict[str, int]:

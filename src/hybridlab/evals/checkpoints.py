@@ -1,5 +1,10 @@
 """Loading a run's trajectory checkpoints (weights only) into a model, in token order; each load is one progress
-line in the job's log."""
+line in the job's log.
+
+A run folder is either a training run (ckpt/tokens_*.pt, train_done.json) or Hugging Face models: a folder
+holding a config.json (one checkpoint, e.g. a released model or `hybridlab export-hf` output) or a folder of
+such folders (a trajectory, oldest first; evals/hf_model.py). Every evaluation and analysis reads runs through
+here, so each of them takes either."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 import torch
 
 from hybridlab.digest import load_verified
+from hybridlab.evals.hf_model import checkpoint_info, hf_model_dirs, load_hf
 from hybridlab.io import CorruptFileError
 from hybridlab.models import HybridLM, build_model
 from hybridlab.progress import Progress
@@ -15,7 +21,10 @@ from hybridlab.progress import Progress
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """The run's trajectory checkpoints, oldest first; only of a run that finished (train_done.json), so an
-    interrupted run never yields a table that looks complete."""
+    interrupted run never yields a table that looks complete. Hugging Face models: their folders."""
+    hf = hf_model_dirs(run_dir)
+    if hf is not None:
+        return hf
     done = Path(run_dir) / "train_done.json"
     if not done.exists():
         raise FileNotFoundError(f"{done}: missing; the run has not finished training (re-run the train stage)")
@@ -38,6 +47,14 @@ def load_checkpoint(path: str | Path, model: HybridLM) -> dict:
 
 def iter_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.device):
     """Yield (model, info) for each trajectory checkpoint, oldest first, on `device` in eval mode."""
+    hf = hf_model_dirs(run_dir)
+    if hf is not None:
+        progress = Progress("model", len(hf))
+        for i, path in enumerate(hf):
+            progress.start(path.name)
+            yield load_hf(path, device, vocab_size), checkpoint_info(path, i)
+        progress.done()
+        return
     model = build_model(cfg, vocab_size)
     paths = list_checkpoints(run_dir)
     progress = Progress("checkpoint", len(paths))
@@ -50,6 +67,9 @@ def iter_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.de
 
 def load_final(cfg, run_dir: str | Path, vocab_size: int, device: torch.device) -> tuple[HybridLM, dict]:
     """The run's last trajectory checkpoint (the end of training) on `device` in eval mode, and its info."""
+    hf = hf_model_dirs(run_dir)
+    if hf is not None:
+        return load_hf(hf[-1], device, vocab_size), checkpoint_info(hf[-1], len(hf) - 1)
     model = build_model(cfg, vocab_size)
     info = load_checkpoint(list_checkpoints(run_dir)[-1], model)
     Progress("final checkpoint", 1).start(f"step {info['step']}, {info['tokens']:,} tokens")

@@ -22,4 +22,5 @@ FIGURES = {
 }
 FIGURE_NAMES = tuple(FIGURES)
 # Every table the pipeline writes, each as .csv, .md and .tex under paper/{scale}/tables/.
-TABLE_NAMES = ("table1_final", "table2_nope", "table_traced", "claims", "claims_seeds")
+TABLE_NAMES = ("table1_final", "table2_nope", "table3_scaling", "table4_c1_grid", "table_traced", "claims",
+               "claims_seeds")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybridlab.figures import FIGURE_NAMES, plots
+from hybridlab.figures import FIGURE_NAMES, plots, scaling_grid
 from hybridlab.figures.claims import check_all, load_claims_config, run_onsets
 from hybridlab.figures.html import render_report
 from hybridlab.figures.report import (
@@ -55,9 +55,10 @@ def figure_specs(cfg: dict) -> list[FigureSpec]:
         return plots.fig_onset(onsets, out, source)
 
     return [
-        FigureSpec("fig2_scaling", plots.fig2_scaling,
-                   lambda t, o: plots.fig2_scaling(t.need("eval"), o, t.context, t.get("scaling_fit"),
-                                                   t.n_params()), all_sizes=True),
+        FigureSpec("fig2_scaling", scaling_grid.fig2_scaling,
+                   lambda t, o: scaling_grid.fig2_scaling(t.need("eval"), o, t.context, t.get("scaling_fit"),
+                                                          t.n_params(), t.get("budgets"), t.get("scaling_draws")),
+                   all_sizes=True),
         FigureSpec("fig_emergence", plots.fig_emergence,
                    lambda t, o: plots.fig_emergence(t.need("eval"), o, t.context), ("C1",)),
         FigureSpec("fig3_receptive", plots.fig3_receptive,
@@ -115,7 +116,8 @@ def build_all(scale: str, tables: str | Path, out: str | Path, claims_config: st
         path = out / "captions" / f"{spec.name}.rst"
         write_bytes(path, ("\n\n".join(caption) + "\n").encode())
         paths.append(path)
-    result_tables = [final_metrics_table(data), nope_table(data), traced_heads_table(data), *claims_tables(claims)]
+    result_tables = [final_metrics_table(data), nope_table(data), *scaling_grid.scaling_tables(every_size),
+                     traced_heads_table(data), *claims_tables(claims)]
     for t in result_tables:
         paths += write_result_table(t, out / "tables")
     config_name = Path(claims_config).name if claims_config else "src/hybridlab/conf/claims/default.yaml"

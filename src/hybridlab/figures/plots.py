@@ -105,54 +105,6 @@ def _tokens_panels(eval_df: pd.DataFrame, out_dir, name: str, context: int, metr
     return save(fig, out_dir, name)
 
 
-# Fig. 2 -----------------------------------------------------------------------------------------------------
-
-
-def _fit_params(fit: pd.DataFrame, variant: str) -> dict[str, float] | None:
-    """A variant's fitted law: the paper's no_constant form when present, else the first form fitted."""
-    rows = fit[(fit["variant"] == variant) & (fit["kind"] == "param")]
-    if rows.empty:
-        return None
-    form = "no_constant" if (rows["form"] == "no_constant").any() else rows["form"].iloc[0]
-    return dict(zip(rows.loc[rows["form"] == form, "name"], rows.loc[rows["form"] == form, "value"], strict=True))
-
-
-def _law(p: dict[str, float], n: float, d: np.ndarray) -> np.ndarray:
-    return p["B"] / n ** p["alpha"] + p["C"] / d ** p["beta"] + p.get("E", 0.0)
-
-
-def fig2_scaling(eval_df: pd.DataFrame, out_dir, context: int, fit: pd.DataFrame | None = None,
-                 n_params: dict[tuple[str, str], float] | None = None) -> list[Path]:
-    """Validation loss and log(LongPPL) against training tokens for every variant and model size (a column per
-    size), with the fitted law log(LongPPL) = B/N^alpha + C/D^beta drawn dashed where a fit exists."""
-    d = eval_df[eval_df["metric"].isin(["val_loss", "log_longppl"]) & (eval_df["length"] == context)]
-    d = d[d["tokens"] > 0]
-    if d.empty:
-        raise NoData(f"eval.csv has no val_loss or log_longppl at the training length {context}")
-    sizes = [(None, d)] if "size" not in d.columns else [(s, d[d["size"].astype(str) == s])
-                                                         for s in dict.fromkeys(d["size"].astype(str))]
-    n_params = n_params or {}
-    setup()
-    pal = variant_palette(d["variant"])
-    fig, axes = _panels(len(sizes), rows=2, height=3.0)
-    for j, (size, g) in enumerate(sizes):
-        for i, metric in enumerate(("val_loss", "log_longppl")):
-            ax = axes[i][j]
-            _metric_ax(ax, g, metric, context, pal)
-            if size is not None:
-                ax.set_title(f"size {size}", fontsize=9)
-            if metric != "log_longppl" or fit is None:
-                continue
-            tokens = np.geomspace(g["tokens"].min(), g["tokens"].max(), 64)
-            for variant in variant_order(g["variant"]):
-                p, n = _fit_params(fit, variant), n_params.get((str(size), variant))
-                if p is not None and n is not None:
-                    ax.plot(tokens, _law(p, n, tokens), color=pal[variant], ls="--", lw=1.2,
-                            label="fitted law (dashed)")
-    _legend(fig, axes)
-    return save(fig, out_dir, "fig2_scaling")
-
-
 def fig_emergence(eval_df: pd.DataFrame, out_dir, context: int) -> list[Path]:
     """Long-context ability against training tokens (NIAH accuracy and log(LongPPL) at the training length)
     beside the short-context loss: how fast each variant's long-context ability emerges (claim C1)."""

@@ -2,10 +2,12 @@
 their columns, and the small selections every figure and claim shares (final checkpoint, one context length).
 
 Input tables (results/{scale}/tables/, written by `hybridlab aggregate`, which adds a `size` column; columns
-in analysis/schemas.py): eval, heads, receptive, probe, trajectory, onset, gradinf, masking; train.csv (variant,
-seed, step, tokens, loss, tokens_per_s, peak_mem_gb); scaling_fit.csv (variant, form, kind, name, value, from
-analysis/scaling.py fit_table); info.json, the scale's plan (name, context, variants, seeds, sizes, layouts, runs
-with each (size, variant)'s non-embedding parameters), the only file required.
+in analysis/schemas.py): eval, heads, receptive, probe, trajectory, traced, onset, gradinf, masking, lmeval;
+train.csv (variant, seed, step, tokens, loss, tokens_per_s, peak_mem_gb); budgets.csv (eval rows of every WSD
+budget branch's end, with budget_k), scaling_fit.csv (variant, form, kind, name, value) and scaling_draws.csv
+(variant, form, replicate, B, alpha, C, beta, E, objective), both from analysis/scaling_uncertainty.py
+fit_table; info.json, the scale's plan (name, context, variants, seeds, sizes, layouts, runs with each (size,
+variant)'s non-embedding parameters), the only file required.
 
 With several model sizes, only Fig. 2 (scaling) uses them all; every other figure and the claims use the
 largest size (`Tables.main_size`, the last of info.json's sizes).
@@ -19,14 +21,17 @@ from typing import Any
 
 import pandas as pd
 
-from hybridlab.analysis.schemas import RUN_KEYS, TABLES
+from hybridlab.analysis.schemas import OPTIONAL_TABLES, RUN_KEYS, TABLES
 from hybridlab.io import read_json, read_table
 
 # The per-run tables' columns come from their writers (torch-free); train and the scaling fit are read here.
 INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     **TABLES,
+    **OPTIONAL_TABLES,
     "train": (*RUN_KEYS, "loss", "tokens_per_s", "peak_mem_gb"),
     "scaling_fit": ("variant", "form", "kind", "name", "value"),
+    "scaling_draws": ("variant", "form", "replicate"),
+    "budgets": (*TABLES["eval"], "budget_k"),
 }
 
 

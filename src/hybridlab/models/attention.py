@@ -46,8 +46,13 @@ def apply_rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
     return out.to(x.dtype)
 
 
+# Looked up once at import: an importlib call inside a compiled forward would break Dynamo's graph at every SWA
+# layer (seen on the H200: a resumed graph after each backend choice).
+_FLASH = importlib.util.find_spec("flash_attn") is not None
+
+
 def _flash_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    return _FLASH
 
 
 def select_backend(requested: str, device: torch.device, windows: tuple[int | None, ...], sinks: int = 0) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ class LitLM(pl.LightningModule):
     def __init__(self, model: HybridLM, cfg, step_model=None):
         super().__init__()
         self.model, self.cfg = model, cfg
-        self._step_model = (step_model or model,)  # a tuple: not registered as a second submodule
+        self._step_model = (model if step_model is None else step_model,)  # a tuple: not a second submodule
         self.micro_losses: list[torch.Tensor] = []  # this rank's micro-batch losses since the last optimizer step
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss, -1 while all are finite
 
@@ -160,9 +161,9 @@ class LitLM(pl.LightningModule):
         else:
             from hybridlab.train.muon import adamw_groups
 
-            fused = next(self.model.parameters()).is_cuda  # one kernel for the whole update
+            # foreach, not fused: Lightning refuses gradient clipping with a fused optimizer
             opt = torch.optim.AdamW(adamw_groups(self.model, float(t.weight_decay)), lr=t.lr,
-                                    betas=tuple(t.betas), fused=fused)
+                                    betas=tuple(t.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, self.cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -187,7 +188,12 @@ class RunRecorder(pl.Callback):
     Its state (the metrics rows) travels inside `last.ckpt`, so a resumed run's table is complete. Rank 0 rewrites
     `metrics.csv` (atomically) when a session starts and after every row: TRAIN_COLUMNS, then `lr_<group>` for
     every parameter group of the optimizer (`lr` is the first group's). With `progress` each row is also logged
-    as one line (step, loss, learning rate, tokens/s, elapsed and remaining time of this session)."""
+    as one line (step, loss, learning rate, tokens/s, elapsed and remaining time of this session).
+
+    A trajectory checkpoint's weights are copied off the GPU at its step and written (digest, atomic rename) by a
+    background thread, so training does not wait for the disk. Every write has finished before a resume point
+    (last.ckpt, a fork, a stop on a signal) is saved, since a run resumed from step s never writes the
+    checkpoints of steps up to s again, and when training ends (or raised)."""
 
     def __init__(self, run_dir: Path, ckpt_steps: list[int], tokens_per_step: int, flops_per_step: float,
                  peak_flops: float | None, log_every: int, last_every: int, fork_steps: list[int] = (),
@@ -198,6 +204,8 @@ class RunRecorder(pl.Callback):
         self.rows: list[dict] = []
         self._t0 = self._session_t0 = time.perf_counter()
         self._last_step_logged = self._session_step0 = self._step_seen = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-writer")
+        self._writes: list[Future] = []
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -233,11 +241,28 @@ class RunRecorder(pl.Callback):
         else:
             pl_module.micro_losses.clear()
         if trainer.is_global_zero and step in self.ckpt_steps:
-            save_weights(pl_module.model, self.run_dir / "ckpt", step, step * self.tokens_per_step)
+            state = weights_on_cpu(pl_module.model)
+            self._writes.append(self._writer.submit(write_weights, state, self.run_dir / "ckpt", step,
+                                                    step * self.tokens_per_step))
+        if step in self.fork_steps or step % self.last_every == 0 or step == trainer.max_steps:
+            self.flush()  # a resume point comes after the trajectory checkpoints of its steps
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
             save_state(trainer, fork_path(self.run_dir, step))
         if step % self.last_every == 0 or step == trainer.max_steps:
             save_state(trainer, self.run_dir / "last.ckpt")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.flush()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.flush(raise_errors=False)
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait for every checkpoint write; re-raise the first that failed."""
+        writes, self._writes = self._writes, []
+        errors = [e for e in (f.exception() for f in writes) if e is not None]
+        if errors and raise_errors:
+            raise errors[0]
 
     def _log_row(self, trainer, pl_module, step: int) -> None:
         pl_module.check_finite()
@@ -275,10 +300,18 @@ def ckpt_name(tokens: int) -> str:
     return f"tokens_{tokens:012d}.pt"
 
 
+def weights_on_cpu(model: HybridLM) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU (the training step may change the originals right after)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def save_weights(model: HybridLM, folder: Path, step: int, tokens: int) -> Path:
     """A trajectory checkpoint: plain tensors only, loadable with torch.load(weights_only=True)."""
+    return write_weights(weights_on_cpu(model), folder, step, tokens)
+
+
+def write_weights(state: dict[str, torch.Tensor], folder: Path, step: int, tokens: int) -> Path:
     path = folder / ckpt_name(tokens)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"model": state, "step": step, "tokens": tokens, DIGEST_KEY: tensor_digest({"model": state})}, tmp)
     return path

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from hybridlab.train.lit import pl, save_state
+from hybridlab.train.lit import RunRecorder, pl, save_state
 
 log = logging.getLogger("hybridlab")
 
@@ -153,6 +153,8 @@ class StopOnSignal(pl.Callback):
             return
         pl_module.check_finite()  # nothing non-finite is ever saved
         started = time.monotonic()
+        for recorder in (cb for cb in trainer.callbacks if isinstance(cb, RunRecorder)):
+            recorder.flush()  # the resume point comes after the trajectory checkpoints of its steps
         save_state(trainer, self.last)
         self._longest = max(self._longest, time.monotonic() - started)
         self.signum, trainer.should_stop = int(request), True

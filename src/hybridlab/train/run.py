@@ -132,21 +132,75 @@ def branch_plan(cfg: DictConfig, n_params: int) -> list[Branch]:
     return wsd_branch_plan(reached, per_step, float(t.decay_frac), int(t.warmup_steps)) if reached else []
 
 
+def warm_batch(vocab: int, batch: int, length: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    """Random tokens shaped and strided like a training step's input: `LitLM.training_step` feeds the model
+    `batch[:, :-1]` of a [B, L + 1] batch, a view with row stride L + 1. Compiling on another stride (a contiguous
+    [B, L]) made Dynamo compile again at the first training step (measured on the H200: every train-group's first
+    run took 20-175 s longer than the others)."""
+    return torch.randint(0, vocab, (batch, length + 1), device=device, generator=gen)[:, :-1]
+
+
 class SharedModel:
     """One model object reused by the runs of `train_group`: built and compiled (train.compile) once; each run
-    loads its own seed's initialisation into it, so it trains exactly what a fresh model of that seed would."""
+    loads its own seed's initialisation into it, so it trains exactly what a fresh model of that seed would.
 
-    def __init__(self) -> None:
+    `lock`: a file to hold (flock, exclusive) from the end of the compilation until `release`: on a card shared by
+    several training jobs, each compiles on the CPU while another trains, but only one trains at a time (processes
+    time-slicing one GPU train slower together than one alone). "{gpu}" in the path becomes the job's card
+    (CUDA_VISIBLE_DEVICES), so the jobs of different cards do not wait for each other."""
+
+    def __init__(self, lock: str | Path | None = None) -> None:
         self.model: HybridLM | None = None
         self.step_model = None
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").replace(",", "_") or "none"
+        self.lock_path, self._lock = (None if lock is None else str(lock).replace("{gpu}", gpu)), None
 
-    def take(self, fresh: HybridLM, compile_: bool) -> tuple[HybridLM, object]:
+    def acquire(self) -> None:
+        if self.lock_path is None or self._lock is not None:
+            return
+        import fcntl
+
+        started = time.perf_counter()
+        Path(self.lock_path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.lock_path, "a")  # noqa: SIM115 - held until release()
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        log.info("training lock %s taken after %.0f s", self.lock_path, time.perf_counter() - started)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor drops the flock
+            self._lock = None
+
+    def take(self, fresh: HybridLM, compile_: bool, warm: tuple[torch.device, int, int] | None = None
+             ) -> tuple[HybridLM, object]:
+        """(model, step_model) holding `fresh`'s weights. On first use with `compile_` and `warm` (device, micro
+        batch, sequence length) the compiled forward and backward are built here, before training starts, so
+        that no step's time includes compilation; if compiling fails, training runs eagerly, with a warning."""
         if self.model is None:
             self.model = fresh
             self.step_model = torch.compile(fresh) if compile_ else fresh
+            if compile_ and warm is not None:
+                self._warm(*warm)
+            self.acquire()
         else:
             self.model.load_state_dict(fresh.state_dict())
         return self.model, self.step_model
+
+    def _warm(self, device: torch.device, batch: int, length: int) -> None:
+        started = time.perf_counter()
+        self.model.to(device).train()
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = warm_batch(self.model.shape.vocab_size, batch, length, device, gen)
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = self.step_model(x)
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten()).backward()
+        except Exception as e:  # a compiler failure must not cost the run: the eager model computes the same
+            log.warning("torch.compile failed (%s: %s); training eagerly", type(e).__name__, str(e).splitlines()[0])
+            self.step_model = self.model
+        finally:
+            self.model.zero_grad(set_to_none=True)
+        log.info("compiled forward and backward in %.0f s", time.perf_counter() - started)
 
 
 def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: SharedModel | None = None) -> dict:
@@ -173,7 +227,8 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
     on_gpu = torch.cuda.is_available() and cfg.scale.accelerator != "cpu"
     if on_gpu:  # float32 matmuls (the recurrent mixers' chunked math) on TF32 tensor cores
         torch.set_float32_matmul_precision("high")
-    model, step_model = (shared or SharedModel()).take(model, bool(t.compile))
+    warm = (torch.device("cuda"), int(t.micro_batch_size), int(cfg.scale.context) - 1) if on_gpu else None
+    model, step_model = (shared or SharedModel()).take(model, bool(t.compile), warm)
     devices, nodes = int(t.devices), int(t.num_nodes)  # DDP over devices x nodes (gloo on CPU, NCCL on GPU)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
@@ -252,16 +307,20 @@ def record_session(run_dir: Path, start: dict, to_step: int, ended: str, wall_s:
 def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path]) -> list[dict]:
     """Several runs (the seeds of one variant) one after another in this process on one model object, compiled
     once: the compile and the process start are paid once, and each run is still exactly its own (its seed's
-    initialisation and data order, its own folder, checkpoints and tables; tests/unit/test_train.py)."""
+    initialisation and data order, its own folder, checkpoints and tables; tests/unit/test_train.py). With
+    $HYBRIDLAB_TRAIN_LOCK set, the runs train while holding that lock (SharedModel)."""
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"train_group: {len(cfgs)} configs for {len(run_dirs)} run folders")
-    shared = SharedModel()
+    shared = SharedModel(os.environ.get("HYBRIDLAB_TRAIN_LOCK") or None)
     summaries = []
-    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        started = time.perf_counter()
-        summaries.append(train(cfg, data_dir, run_dir, shared))
-        log.info("run %d/%d (%s seed %d) done in %.0f s", i + 1, len(cfgs), cfg.variant.name, int(cfg.seed),
-                 time.perf_counter() - started)
+    try:
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+            started = time.perf_counter()
+            summaries.append(train(cfg, data_dir, run_dir, shared))
+            log.info("run %d/%d (%s seed %d) done in %.0f s", i + 1, len(cfgs), cfg.variant.name, int(cfg.seed),
+                     time.perf_counter() - started)
+    finally:
+        shared.release()
     return summaries
 
 
