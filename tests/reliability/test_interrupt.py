@@ -237,11 +237,13 @@ def test_a_resume_point_never_runs_ahead_of_the_trajectory_checkpoint_writes(tmp
     steps = sorted(int(torch.load(p, weights_only=True)["step"]) for p in (tmp_path / "ref" / "ckpt").glob("*.pt"))
     hook = BlockTrajectoryWrite(tmp_path, 6, steps)
     proc = fork_cli(argv, log, hook)
-    wait_for(tmp_path / "flush_waits", proc, log)  # the training waits for the write at its next resume point
-    wait_for(tmp_path / f"write_{hook.step}", proc, log)
-    assert (saved_step(run / "last.ckpt") or 0) < hook.step
-    proc.kill()
-    proc.join()
+    try:
+        wait_for(tmp_path / "flush_waits", proc, log)  # the training waits for the write at its next resume point
+        wait_for(tmp_path / f"write_{hook.step}", proc, log)
+        assert (saved_step(run / "last.ckpt") or 0) < hook.step
+    finally:
+        proc.kill()  # the blocked write never ends by itself
+        proc.join()
     assert run_cli(argv, tmp_path / "rerun.log") == 0
     assert_bit_equal(tmp_path / "ref", run)
 
