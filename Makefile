@@ -4,13 +4,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SCALE  ?= smoke
-CORES  ?= all
+CORES  ?=
 RESULTS ?= results
 PAPER  ?= paper
 # A machine whose Python already holds the environment (a lent GPU image with the wheels installed) sets
 # NO_VENV=1: the targets then use the snakemake on PATH instead of building .venv.
 NO_VENV ?=
 SNAKEMAKE ?= $(if $(NO_VENV),snakemake,$(BIN)/snakemake)
+# The Snakemake profile: profiles/default (one machine; Snakemake would find it by itself), or e.g.
+# PROFILE=profiles/slurm to run the same targets on a SLURM cluster (docs/cluster.md).
+PROFILE ?= profiles/default
+# CORES=N caps the cores used (default: the profile's; profiles/default uses all of them).
+CORES_ARG := $(if $(CORES),--cores $(CORES))
 ENV_DEP := $(if $(NO_VENV),,venv)
 HYBRIDLAB ?= $(if $(NO_VENV),hybridlab,$(BIN)/hybridlab)
 # GPU jobs per card (evaluation and analysis jobs share a card; see workflow/scripts/gpu_lock.py) and training
@@ -42,14 +47,14 @@ venv: $(BIN)/.installed
 
 ## replicate: run the whole DAG at the smoke scale (or SCALE=mini on a GPU machine); figures + report in paper/
 replicate: $(ENV_DEP)
-	$(SNAKEMAKE) --cores $(CORES) --config scale=$(SCALE) results_dir=$(RESULTS) paper_dir=$(PAPER)
+	$(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) --config scale=$(SCALE) results_dir=$(RESULTS) paper_dir=$(PAPER)
 	@echo "report: $(PAPER)/$(SCALE)/report.md"
 
 ## replicate-mini: the mini scale on this machine's GPUs (about a quarter of an hour on one H200)
 replicate-mini: $(ENV_DEP)
 	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
 	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) HYBRIDLAB_TRAIN_LOCK=$${TMPDIR:-/tmp}/hybridlab-train-{gpu}.lock \
-	  $(SNAKEMAKE) --cores $(CORES) \
+	  $(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) \
 	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) \
 	  --config scale=mini results_dir=$(RESULTS) paper_dir=$(PAPER)
 	@echo "report: $(PAPER)/mini/report.md"

@@ -324,7 +324,10 @@ SETTINGS: dict[str, Setting] = {
     "train.n_checkpoints": S("log-spaced trajectory checkpoints (the last step is always one)", integer(1)),
     "train.ckpt_every": S("also a checkpoint every this many steps (even spacing for onset timing)",
                           optional(integer(1))),
-    "train.log_every": S("steps between metrics.csv rows", integer(1)),
+    "train.log_every": S("steps between metrics rows (metrics.csv, rewritten after each) and progress lines",
+                         integer(1)),
+    "train.logger": S("also log every metrics row to: none | csv | tensorboard | wandb (offline), under RUN/logs "
+                      "(metrics.csv always)", optional(one_of("none", "csv", "tensorboard", "wandb"))),
     "train.last_every": S("steps between resumable last.ckpt saves (null: a tenth of the run)", optional(integer(1))),
     "train.stop_after": S("stop (resumably) after this many steps: for tests and time slicing", optional(integer(1))),
     "train.num_workers": S("DataLoader worker processes", integer(0)),

@@ -1,4 +1,4 @@
-"""A one-node SLURM cluster on localhost for the slurm tests, and a slurm profile sized for a CI runner.
+"""A one-node SLURM cluster on localhost for the slurm tests, and the shipped slurm profile with faster polling.
 
 The session fixture installs SLURM itself (CI machines are fresh), starts the daemons with
 workflow/scripts/slurm_local.sh and always stops them afterwards. It skips only when that script skips:
@@ -22,14 +22,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_LOCAL = REPO / "workflow" / "scripts" / "slurm_local.sh"
-SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 # Lines of every slurm run in this session, for the lead to quote; not committed (see .gitignore here).
 LOG_EXCERPT = Path(__file__).resolve().parent / "last_slurm_log.txt"
 SKIP_CODE = 77
-
-# Each job asks for one CPU (one thread; the runner has two) and little memory. The rules' GPU requests
-# stay: the local cluster advertises stand-in GPUs on a CPU-only runner.
-RUNNER_SIZE = {"mem_mb": 1000, "runtime": 30}
 
 SLURM_LINE = re.compile(
     r"SLURM run ID|SLURM jobid|submitted with SLURM|Finished job|Finished jobid|steps \(\d+%\) done"
@@ -71,13 +67,11 @@ def slurm_cluster() -> Iterator[None]:
 
 @pytest.fixture
 def slurm_profile(tmp_path: Path) -> Path:
-    """The shipped slurm profile with every job sized for the runner and fast first status polls."""
+    """The shipped slurm profile as it is (the jobs' sizes are the rules' own), with fast first status polls, no
+    retries and its SLURM logs under the test's folder."""
     dest, slurm_logdir = tmp_path / "slurm-profile", tmp_path / "slurm-logs"
     profile = yaml.safe_load(SLURM_PROFILE.read_text())
-    profile["default-resources"].update(RUNNER_SIZE)
-    for resources in profile["set-resources"].values():
-        resources.update(RUNNER_SIZE)
-    profile["set-threads"] = dict.fromkeys(profile["set-threads"], 1)
+    assert not {"set-threads", "set-resources"} & set(profile), "the shipped profile must not resize the rules"
     profile["slurm-init-seconds-before-status-checks"] = 2
     profile["slurm-logdir"] = str(slurm_logdir)
     profile["retries"] = 0
@@ -93,10 +87,11 @@ def run_snakemake() -> Callable[..., str]:
     return _run_snakemake
 
 
-def _run_snakemake(args: list[str], cwd: Path, label: str, timeout_s: int = 1800) -> str:
+def _run_snakemake(args: list[str], cwd: Path, label: str, timeout_s: int = 1800, check: bool = True) -> str:
+    # The rules call the CLI by this interpreter's path: the venv need not be on PATH (docs/cluster.md).
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    # The rules call the `hybridlab` CLI of this interpreter's environment.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if Path(p).resolve() != Path(sys.executable).parent.resolve())
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=cwd,
@@ -110,5 +105,5 @@ def _run_snakemake(args: list[str], cwd: Path, label: str, timeout_s: int = 1800
     with LOG_EXCERPT.open("a") as out:
         out.write(f"===== {label}: snakemake {' '.join(args)}\n")
         out.write("\n".join(excerpt) + f"\n===== exit status {result.returncode}\n\n")
-    assert result.returncode == 0, f"snakemake failed ({label}):\n{log[-8000:]}"
+    assert result.returncode == 0 or not check, f"snakemake failed ({label}):\n{log[-8000:]}"
     return log

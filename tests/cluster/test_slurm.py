@@ -56,19 +56,30 @@ def test_toy_dag_runs_through_slurm(
     assert all(state == "COMPLETED" for state in states.values()), states
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's own record of each job's final state (kept MinJobAge seconds), appended to the log excerpt."""
+def slurm_jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """SLURM's own record of each job (kept MinJobAge seconds): its fields by job id; the state, what it was
+    given and its comment (rule and wildcards) are appended to the log excerpt."""
     lines = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True, timeout=30).stdout
-    states = {}
+    jobs = {}
     with open(Path(__file__).resolve().parent / "last_slurm_log.txt", "a") as excerpt:
         for line in lines.splitlines():
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
             if fields.get("JobId") in job_ids:
-                states[fields["JobId"]] = fields.get("JobState", "?")
-                excerpt.write(f"scontrol: JobId={fields['JobId']} JobName={fields.get('JobName')} "
-                              f"JobState={fields.get('JobState')} ExitCode={fields.get('ExitCode')}\n")
-    assert set(states) == set(job_ids), f"SLURM has no record of {set(job_ids) - set(states)}"
-    return states
+                jobs[fields["JobId"]] = fields
+                excerpt.write(" ".join(f"{k}={fields.get(k)}" for k in (
+                    "JobId", "JobName", "JobState", "ExitCode", "NumCPUs", "MinMemoryNode", "TimeLimit",
+                    "Restarts", "Comment")) + "\n")
+    assert set(jobs) == set(job_ids), f"SLURM has no record of {set(job_ids) - set(jobs)}"
+    return jobs
+
+
+def megabytes(memory: str) -> float:
+    """SLURM's memory field (1536M, 2G, 1.50G) in MB."""
+    return float(memory[:-1]) * {"M": 1, "G": 1024, "T": 1024**2}[memory[-1]]
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    return {job: fields.get("JobState", "?") for job, fields in slurm_jobs(job_ids).items()}
 
 
 # docs/cluster.md's multi-GPU recipe: one SLURM job, N tasks on one node started by srun, one Lightning
@@ -147,7 +158,8 @@ MEASURED_COLUMNS = {"tokens_per_s", "mfu", "peak_mem_gb"}
 def test_smoke_pipeline_through_slurm_matches_local_run(
     slurm_cluster: None, slurm_profile: Path, run_snakemake: Callable[..., str], tmp_path: Path
 ) -> None:
-    """The real smoke DAG, once on this machine and once as SLURM jobs: the same result tables."""
+    """The real smoke DAG, once on this machine and once as SLURM jobs with the rules' own sizes (the shipped
+    profile, the venv not on PATH): every job completes, and the result tables are the same."""
     if not (REPO / "Snakefile").is_file():
         pytest.skip("no Snakefile at the repository root")
     tables = {}
@@ -180,7 +192,12 @@ def test_smoke_pipeline_through_slurm_matches_local_run(
             # every job but the Snakefile's localrules went through SLURM and completed
             local = {"all", "table", "describe", "report_index"}
             assert len(submitted) == sum(rule not in local for rule in rules)
-            assert set(slurm_states(submitted).values()) == {"COMPLETED"}
+            jobs = slurm_jobs(submitted)
+            assert {j["JobState"] for j in jobs.values()} == {"COMPLETED"}
+            for j in jobs.values():  # what the rules declare for the smoke scale, as SLURM granted it
+                assert int(j["NumCPUs"]) <= 2 and 1000 <= megabytes(j["MinMemoryNode"]) <= 2048, j
+                assert j["Comment"].startswith("rule_"), j
+            assert {j["Comment"].split("_wildcards_")[0] for j in jobs.values()} >= {"rule_train", "rule_evaluate"}
             assert (workdir / "paper/smoke/report.md").is_file()
 
     assert tables["local"], "the local run wrote no result tables"
@@ -192,3 +209,22 @@ def test_smoke_pipeline_through_slurm_matches_local_run(
         pd.testing.assert_frame_equal(
             via_slurm.drop(columns=measured), local.drop(columns=measured), check_exact=True, obj=f"tables/{name}"
         )
+
+
+def test_a_job_no_node_can_hold_is_reported_before_anything_is_submitted(
+    slurm_cluster: None, slurm_profile: Path, run_snakemake: Callable[..., str], tmp_path: Path
+) -> None:
+    """The smoke DAG with the training asking for 64 CPUs: the run stops before submitting, naming the rule,
+    what it asks and what the node has, instead of leaving the job pending (Reason=PartitionConfig)."""
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True, timeout=30).stdout
+    workdir = tmp_path / "too_big"
+    workdir.mkdir()
+    log = run_snakemake(
+        ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--workflow-profile", "none",
+         "--profile", str(slurm_profile), "--set-threads", "train=64", "--config", "scale=smoke"],
+        REPO, "smoke DAG, training too big for the node", timeout_s=300, check=False)
+    assert "submitted with SLURM jobid" not in log, log[-4000:]
+    cpus = max(int(c) for c in nodes.split())
+    assert re.search(rf"train \(4 jobs, e\.g\. size=tiny,variant=\w+,seed=0\): asks for 64 CPUs, \d+ MB, 0 GPUs, "
+                     rf"\d+ min in partition 'debug', whose nodes offer at most {cpus} CPUs", log), log[-4000:]
+    assert not (workdir / "results" / "smoke" / "data").exists()  # not even the data job ran

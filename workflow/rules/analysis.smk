@@ -18,6 +18,11 @@ use rule evaluate as analyze with:
         masking=f"{RUN}/masking.csv",
     log:
         f"{RES}/logs/analyze_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/analyze_{{size}}_{{variant}}_seed{{seed}}.tsv"
+    threads: job_threads("analyze")
+    resources:
+        **job_resources("analyze", gpu=EVAL_GPUS),
 
 
 use rule evaluate as probe with:
@@ -27,6 +32,11 @@ use rule evaluate as probe with:
         out=f"{RUN}/probe.csv",
     log:
         f"{RES}/logs/probe_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/probe_{{size}}_{{variant}}_seed{{seed}}.tsv"
+    threads: job_threads("probe")
+    resources:
+        **job_resources("probe", gpu=EVAL_GPUS),
 
 
 use rule evaluate as gradinf with:
@@ -36,3 +46,8 @@ use rule evaluate as gradinf with:
         out=f"{RUN}/gradinf.csv",
     log:
         f"{RES}/logs/gradinf_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/gradinf_{{size}}_{{variant}}_seed{{seed}}.tsv"
+    threads: job_threads("gradinf")
+    resources:
+        **job_resources("gradinf", gpu=EVAL_GPUS),

@@ -6,6 +6,7 @@ import sys
 from hybridlab.config import ConfigError, check_workflow_config, load_config
 from hybridlab.identity import check_workflow_data
 from hybridlab.io import CorruptFileError
+from hybridlab.resources import MAX_RUNTIME, planned_size
 from hybridlab.analysis.schemas import RUN_FILES
 from hybridlab.figures import FIGURE_NAMES
 
@@ -38,6 +39,9 @@ SEEDS_BY_VARIANT = PLAN["seeds_by_variant"]  # a variant may run the first n see
 SIZES = PLAN["sizes"]
 SCALE = config["scale"]
 PAPER = f"{config['paper_dir']}/{SCALE}"
+# The CLI of the Python that runs Snakemake (and, on a cluster, each job's Snakemake): jobs find it whatever the
+# submitting shell's PATH holds (rules pass it as params.hybridlab).
+HYBRIDLAB = f"{shlex.quote(sys.executable)} -m hybridlab"
 # Arguments every stage gets: the scale and the Hydra overrides.
 COMMON = " ".join([f"--scale {shlex.quote(SCALE)}", *(shlex.quote(o) for o in config["overrides"])])
 ON_GPU = PLAN.get("accelerator", "cpu") != "cpu"
@@ -53,6 +57,7 @@ def gpu_wrap(count=1):
 
 # On a GPU machine every torch job takes one device; concurrent jobs get distinct GPUs.
 GPU_WRAP = gpu_wrap()
+EVAL_GPUS = 1 if ON_GPU else 0
 RUN = f"{RES}/runs/{{size}}/{{variant}}/seed{{seed}}"
 # The WSD scaling grid: one decay branch per budget point (train.budgets_k, schedule wsd); none at smoke/mini.
 _CFG = load_config(SCALE, VARIANTS[0], SEEDS[0], config["overrides"])
@@ -94,3 +99,46 @@ wildcard_constraints:
 
 def run_outputs(name):
     return [p for v in VARIANTS for p in expand(f"{RUN}/{name}", size=SIZES, variant=v, seed=SEEDS_BY_VARIANT[v])]
+
+
+# What each job needs (hybridlab.resources, from the scale and the job's model size): a rule of kind K declares
+# `threads: job_threads(K)` and `resources: **job_resources(K)`, callables of the job's wildcards (size; k for a
+# decay branch). Memory and wall time grow with each retry (`attempt`), the time up to MAX_RUNTIME. Profiles
+# override per rule (set-threads, set-resources). `benchmark:` files (results/S/benchmarks/) record what each job
+# used: wall time, max RSS, CPU time.
+def _job_size(kind, wildcards, n_runs=1):
+    keys = wildcards.keys()
+    return planned_size(SCALE, tuple(config["overrides"]), wildcards["size"] if "size" in keys else SIZES[0], kind,
+                        n_runs, float(wildcards["k"]) if "k" in keys else None)
+
+
+def job_threads(kind, n_runs=1):
+    return lambda wildcards: _job_size(kind, wildcards, n_runs).threads
+
+
+def job_resources(kind, n_runs=1, **extra):
+    return {
+        "mem_mb": lambda wildcards, attempt: _job_size(kind, wildcards, n_runs).mem_mb * attempt,
+        "runtime": lambda wildcards, attempt: min(MAX_RUNTIME, _job_size(kind, wildcards, n_runs).runtime * attempt),
+        **extra,
+    }
+
+
+BENCH = f"{RES}/benchmarks"
+
+
+# Before a SLURM run submits anything: every job must fit a node of its partition (hybridlab.cluster), else the
+# run stops here naming the jobs, what they ask and what the partition offers (SLURM would leave them pending).
+onstart:
+    if workflow.executor_plugin is not None and workflow.executor_plugin.cli_prefix == "slurm":
+        from snakemake.exceptions import WorkflowError
+
+        from hybridlab.cluster import ClusterTooSmall, check_jobs, request_of
+
+        _requests = [request_of(job.rule.name, ",".join(f"{k}={v}" for k, v in job.wildcards_dict.items()),
+                                job.threads, dict(job.resources.items()))
+                     for job in workflow.dag.needrun_jobs() if not job.is_local]
+        try:
+            check_jobs(_requests)
+        except ClusterTooSmall as e:
+            raise WorkflowError(str(e)) from None

@@ -24,8 +24,11 @@ if DATA_GROUPS:
             done=f"{DATA}/tokenizer.done.json",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/prepare_tokenizer.log",
+        benchmark:
+            f"{BENCH}/prepare_tokenizer.tsv"
         conda:
             "../../envs/hybridlab.yaml"
         threads: 1
@@ -33,7 +36,7 @@ if DATA_GROUPS:
             mem_mb=4000,
             runtime=60,
         shell:
-            "hybridlab prepare-data --out {DATA:q} --tokenizer-only {params.common} > {log:q} 2>&1"
+            "{params.hybridlab} prepare-data --out {DATA:q} --tokenizer-only {params.common} > {log:q} 2>&1"
 
     rule prepare_group:
         """Tokenize one group of a corpus in {threads} processes and pack it into token shards (groups/CORPUS/G*)."""
@@ -43,8 +46,11 @@ if DATA_GROUPS:
             record=f"{DATA}/groups/{{corpus}}/{{group}}.json",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/prepare_group_{{corpus}}_{{group}}.log",
+        benchmark:
+            f"{BENCH}/prepare_group_{{corpus}}_{{group}}.tsv"
         wildcard_constraints:
             corpus="[^/]+",
             group=r"\d{5}",
@@ -55,7 +61,7 @@ if DATA_GROUPS:
             mem_mb=lambda wc, threads: 1500 + 500 * threads,
             runtime=120,  # minutes; a paper group (~250M tokens) tokenizes in ~2 min on 8 cores, the rest is download
         shell:
-            "hybridlab prepare-data --out {DATA:q} --group {wildcards.corpus:q}/{wildcards.group:q} --workers {threads} "
+            "{params.hybridlab} prepare-data --out {DATA:q} --group {wildcards.corpus:q}/{wildcards.group:q} --workers {threads} "
             "{params.common} > {log:q} 2>&1"
 
 
@@ -68,16 +74,18 @@ rule prepare_data:
         manifest=f"{DATA}/manifest.json",
     params:
         common=COMMON,
+        hybridlab=HYBRIDLAB,
     log:
         f"{RES}/logs/prepare_data.log",
+    benchmark:
+        f"{BENCH}/prepare_data.tsv"
     conda:
         "../../envs/hybridlab.yaml"
     # The synthetic corpus is generated in {threads} processes (chunks are independent streams: the same data
-    # for any count); the real-text mix only concatenates the prepared groups.
-    threads: 1 if DATA_GROUPS else 16
+    # for any count; about one per 2M tokens); the real-text mix only concatenates the prepared groups.
+    threads: job_threads("prepare_data")
     resources:
-        mem_mb=8000 if DATA_GROUPS else 2000,
-        runtime=120 if DATA_GROUPS else 30,
+        **job_resources("prepare_data"),
     shell:
-        "OMP_NUM_THREADS=1 hybridlab prepare-data --out \"$(dirname {output.manifest:q})\" --workers {threads} "
+        "OMP_NUM_THREADS=1 {params.hybridlab} prepare-data --out \"$(dirname {output.manifest:q})\" --workers {threads} "
         "{params.common} > {log:q} 2>&1"

@@ -16,18 +16,21 @@ rule evaluate:
         cmd="evaluate",
         outputs=lambda wc, output: " ".join(f"--{k} {shlex.quote(v)}" for k, v in output.items()),
         common=COMMON,
+        hybridlab=HYBRIDLAB,
         wrap=GPU_WRAP,
         data=lambda wc, input: os.path.dirname(input.manifest),
         run=lambda wc, input: os.path.dirname(input.done),
     log:
         f"{RES}/logs/evaluate_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_{{size}}_{{variant}}_seed{{seed}}.tsv"
     conda:
         "../../envs/hybridlab.yaml"
-    threads: 1
+    threads: job_threads("evaluate")
     resources:
-        gpu=1 if ON_GPU else 0,
+        **job_resources("evaluate", gpu=EVAL_GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {params.wrap} hybridlab {params.cmd} --size {wildcards.size:q} "
+        "OMP_NUM_THREADS={threads} {params.wrap} {params.hybridlab} {params.cmd} --size {wildcards.size:q} "
         "--variant {wildcards.variant:q} --seed {wildcards.seed:q} --data {params.data:q} --run {params.run:q} "
         "{params.outputs} {params.common} > {log:q} 2>&1"
 
@@ -39,6 +42,11 @@ use rule evaluate as receptive with:
         out=f"{RUN}/receptive.csv",
     log:
         f"{RES}/logs/receptive_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/receptive_{{size}}_{{variant}}_seed{{seed}}.tsv"
+    threads: job_threads("receptive")
+    resources:
+        **job_resources("receptive", gpu=EVAL_GPUS),
 
 
 # Each decay branch is evaluated like a run; its final checkpoint is the budget's point of the scaling curve.
@@ -52,6 +60,11 @@ use rule evaluate as evaluate_branch with:
         out=f"{RUN}/budget{{k}}/eval.csv",
     log:
         f"{RES}/logs/evaluate_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.tsv"
+    threads: job_threads("evaluate_branch")
+    resources:
+        **job_resources("evaluate_branch", gpu=EVAL_GPUS),
 
 
 # lm_eval: lm-evaluation-harness tasks (eval.lm_eval.run: suites and task names) on the final checkpoint, through
@@ -66,6 +79,11 @@ use rule evaluate as lm_eval with:
         out=f"{RUN}/lmeval.csv",
     log:
         f"{RES}/logs/lm_eval_{{size}}_{{variant}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/lm_eval_{{size}}_{{variant}}_seed{{seed}}.tsv"
+    threads: job_threads("lm_eval")
+    resources:
+        **job_resources("lm_eval", gpu=EVAL_GPUS),
 
 
 if GROUP_EVAL:
@@ -87,18 +105,21 @@ if GROUP_EVAL:
                 variant="|".join(_variants),
             params:
                 common=COMMON,
+                hybridlab=HYBRIDLAB,
                 wrap=GPU_WRAP,
                 seeds=" ".join(str(s) for s in _seeds),
                 data=lambda wc, input: os.path.dirname(input.manifest),
                 runs=lambda wc, input: " ".join(shlex.quote(os.path.dirname(p)) for p in input.done),
             log:
                 f"{RES}/logs/evaluate_group_{{size}}_{{variant}}.log",
+            benchmark:
+                f"{BENCH}/evaluate_group_{{size}}_{{variant}}.tsv"
             conda:
                 "../../envs/hybridlab.yaml"
-            threads: 1
+            threads: job_threads("evaluate_group", len(_seeds))
             resources:
-                gpu=1 if ON_GPU else 0,
+                **job_resources("evaluate_group", len(_seeds), gpu=EVAL_GPUS),
             shell:
-                "OMP_NUM_THREADS={threads} {params.wrap} hybridlab evaluate-group --size {wildcards.size:q} "
+                "OMP_NUM_THREADS={threads} {params.wrap} {params.hybridlab} evaluate-group --size {wildcards.size:q} "
                 "--variant {wildcards.variant:q} --seeds {params.seeds} --data {params.data:q} --runs {params.runs} "
                 "{params.common} > {log:q} 2>&1"

@@ -42,12 +42,13 @@ PAPER_OUTPUTS = {
     "html": report(f"{PAPER}/report.html", category="0 Replication report"),
 }
 FIGURES_PARAMS = {
+    "hybridlab": HYBRIDLAB,
     "scale": SCALE,
     "tables": lambda wc, input: os.path.dirname(input.info),
     "paper": lambda wc, output: os.path.dirname(output.report),
 }
 FIGURES_SHELL = (
-    "hybridlab figures --scale {params.scale:q} --tables {params.tables:q} --out {params.paper:q} > {log:q} 2>&1"
+    "{params.hybridlab} figures --scale {params.scale:q} --tables {params.tables:q} --out {params.paper:q} > {log:q} 2>&1"
 )
 
 
@@ -67,6 +68,11 @@ if FIGURES_ONLY:
             **FIGURES_PARAMS,
         log:
             f"{RES}/logs/figures_only.log",
+        benchmark:
+            f"{BENCH}/figures_only.tsv"
+        threads: 1
+        resources:
+            **job_resources("small"),
         conda:
             "../../envs/hybridlab.yaml"
         shell:
@@ -79,14 +85,18 @@ else:
             lambda wc: run_outputs(TABLE_KINDS[wc.kind]),
         output:
             f"{TABLES_DIR}/{{kind}}.csv",
+        params:
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/table_{{kind}}.log",
+        benchmark:
+            f"{BENCH}/table_{{kind}}.tsv"
         wildcard_constraints:
             kind="|".join(TABLE_KINDS),
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab aggregate --kind {wildcards.kind:q} --out {output:q} {input:q} > {log:q} 2>&1"
+            "{params.hybridlab} aggregate --kind {wildcards.kind:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
     if BUDGETS:
 
@@ -97,12 +107,19 @@ else:
                 branch_outputs("eval.csv"),
             output:
                 f"{TABLES_DIR}/budgets.csv",
+            params:
+                hybridlab=HYBRIDLAB,
             log:
                 f"{RES}/logs/table_budgets.log",
+            benchmark:
+                f"{BENCH}/table_budgets.tsv"
+            threads: 1
+            resources:
+                **job_resources("small"),
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab aggregate --kind eval --out {output:q} {input:q} > {log:q} 2>&1"
+                "{params.hybridlab} aggregate --kind eval --out {output:q} {input:q} > {log:q} 2>&1"
 
         rule scaling_fit:
             input:
@@ -112,12 +129,18 @@ else:
                 draws=f"{TABLES_DIR}/scaling_draws.csv",
             params:
                 common=COMMON,
+                hybridlab=HYBRIDLAB,
             log:
                 f"{RES}/logs/scaling_fit.log",
+            benchmark:
+                f"{BENCH}/scaling_fit.tsv"
+            threads: 1
+            resources:
+                **job_resources("small"),
             conda:
                 "../../envs/hybridlab.yaml"
             shell:
-                "hybridlab scaling-fit --table {input:q} --out {output.fit:q} --draws-out {output.draws:q} {params.common} "
+                "{params.hybridlab} scaling-fit --table {input:q} --out {output.fit:q} --draws-out {output.draws:q} {params.common} "
                 "> {log:q} 2>&1"
 
     rule describe:
@@ -125,12 +148,15 @@ else:
             f"{TABLES_DIR}/info.json",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
         log:
             f"{RES}/logs/describe.log",
+        benchmark:
+            f"{BENCH}/describe.tsv"
         conda:
             "../../envs/hybridlab.yaml"
         shell:
-            "hybridlab describe --out {output:q} {params.common} > {log:q} 2>&1"
+            "{params.hybridlab} describe --out {output:q} {params.common} > {log:q} 2>&1"
 
 
     rule figures:
@@ -144,6 +170,11 @@ else:
             **FIGURES_PARAMS,
         log:
             f"{RES}/logs/figures.log",
+        benchmark:
+            f"{BENCH}/figures.tsv"
+        threads: 1
+        resources:
+            **job_resources("small"),
         conda:
             "../../envs/hybridlab.yaml"
         shell:
@@ -156,9 +187,13 @@ rule report_index:
         f"{PAPER}/report.md",
     output:
         f"{config['paper_dir']}/report.md",
+    params:
+        hybridlab=HYBRIDLAB,
     log:
         f"{RES}/logs/report_index.log",
+    benchmark:
+        f"{BENCH}/report_index.tsv"
     conda:
         "../../envs/hybridlab.yaml"
     shell:
-        "hybridlab report-index --paper \"$(dirname {output:q})\" > {log:q} 2>&1"
+        "{params.hybridlab} report-index --paper \"$(dirname {output:q})\" > {log:q} 2>&1"

@@ -2,7 +2,8 @@
 # train.group_seeds, one job per variant that trains its seeds one after another in one process (one compiled
 # model object; each run's folder, seed and results are exactly those of its own job).
 TRAIN_DONE = f"{RUN}/train_done.json"
-_TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab "
+# A rerun empties the job's log; each run folder keeps its sessions (steps, how each ended) in sessions.jsonl.
+_TRAIN_SHELL = "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} {params.hybridlab} "
 
 if GROUP_SEEDS:
     # One rule per distinct seed list (SEED_GROUPS).
@@ -21,17 +22,20 @@ if GROUP_SEEDS:
                 variant="|".join(_variants),
             params:
                 common=COMMON,
+                hybridlab=HYBRIDLAB,
                 wrap=TRAIN_WRAP,
                 seeds=" ".join(str(s) for s in _seeds),
                 data=lambda wc, input: os.path.dirname(input.manifest),
                 outs=lambda wc, output: " ".join(shlex.quote(os.path.dirname(p)) for p in output.done),
             log:
                 f"{RES}/logs/train_{{size}}_{{variant}}.log",
+            benchmark:
+                f"{BENCH}/train_{{size}}_{{variant}}.tsv"
             conda:
                 "../../envs/hybridlab.yaml"
-            threads: 1
+            threads: job_threads("train", len(_seeds))
             resources:
-                gpu=TRAIN_GPUS,
+                **job_resources("train", len(_seeds), gpu=TRAIN_GPUS),
                 train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
             shell:
                 _TRAIN_SHELL + "train-group --size {wildcards.size:q} --variant {wildcards.variant:q} "
@@ -48,16 +52,19 @@ else:
             metrics=f"{RUN}/metrics.csv",
         params:
             common=COMMON,
+            hybridlab=HYBRIDLAB,
             wrap=TRAIN_WRAP,
             data=lambda wc, input: os.path.dirname(input.manifest),
             run=lambda wc, output: os.path.dirname(output.done),
         log:
             f"{RES}/logs/train_{{size}}_{{variant}}_seed{{seed}}.log",
+        benchmark:
+            f"{BENCH}/train_{{size}}_{{variant}}_seed{{seed}}.tsv"
         conda:
             "../../envs/hybridlab.yaml"
-        threads: 1
+        threads: job_threads("train")
         resources:
-            gpu=TRAIN_GPUS,
+            **job_resources("train", gpu=TRAIN_GPUS),
             train=1,  # `--resources train=N` bounds the trainings sharing the machine's cards
         shell:
             _TRAIN_SHELL + "train --size {wildcards.size:q} --variant {wildcards.variant:q} --seed {wildcards.seed:q} "
@@ -73,20 +80,23 @@ rule train_branch:
         done=f"{RUN}/budget{{k}}/train_done.json",
     params:
         common=COMMON,
+        hybridlab=HYBRIDLAB,
         wrap=TRAIN_WRAP,
         data=lambda wc, input: os.path.dirname(input.manifest),
         stable=lambda wc, input: os.path.dirname(input.stable),
         out=lambda wc, output: os.path.dirname(output.done),
     log:
         f"{RES}/logs/train_branch_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.log",
+    benchmark:
+        f"{BENCH}/train_branch_{{size}}_{{variant}}_seed{{seed}}_budget{{k}}.tsv"
     wildcard_constraints:
         k=r"[0-9.]+",
     conda:
         "../../envs/hybridlab.yaml"
-    threads: 1
+    threads: job_threads("train_branch")
     resources:
-        gpu=TRAIN_GPUS,
+        **job_resources("train_branch", gpu=TRAIN_GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} HYBRIDLAB_PROGRESS=0 {params.wrap} hybridlab train-branch --size {wildcards.size:q} "
+        _TRAIN_SHELL + "train-branch --size {wildcards.size:q} "
         "--variant {wildcards.variant:q} --seed {wildcards.seed:q} --budget {wildcards.k:q} --data {params.data:q} "
         "--stable {params.stable:q} --out {params.out:q} {params.common} > {log:q} 2>&1"

@@ -159,7 +159,7 @@ write_conf() {
     cat >"$CONF" <<EOF
 $MARK
 # One node on localhost; no accounting database, so job status is polled with squeue (see
-# workflow/profiles/slurm/config.yaml), which needs finished jobs kept for MinJobAge seconds.
+# profiles/slurm/config.yaml), which needs finished jobs kept for MinJobAge seconds.
 ClusterName=hybridlab
 SlurmctldHost=$host
 SlurmUser=root

@@ -11,6 +11,7 @@ Returns the tables heads, trajectory, traced, onset and masking (schemas in anal
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ from hybridlab.data.niah import load_niah
 from hybridlab.data.shards import read_manifest
 from hybridlab.evals.checkpoints import iter_checkpoints, pick_device
 
+log = logging.getLogger("hybridlab")
 N_LAST_QUERIES = 4  # the trajectories' entropy is averaged over the last 4 query positions, as in the paper
 
 
@@ -58,6 +60,7 @@ def analyze_run(cfg, data_dir: str | Path, run_dir: str | Path) -> dict[str, pd.
     top = top_heads(final.scores, max([int(cfg.eval.top_heads), *ks]), attention_heads(model, "full"))
     traced = traced_table(history, top[:int(cfg.eval.top_heads)], model, run, threshold)
     formed = [(int(r.layer), int(r.head)) for r in traced.itertuples() if r.formed]
+    log.info("final checkpoint: NIAH with the top heads masked (k = %s, %d random draws)", ks, cfg.eval.masking_draws)
     return {
         "heads": pd.concat(heads, ignore_index=True),
         "trajectory": trajectory_table(history, formed, run, length),

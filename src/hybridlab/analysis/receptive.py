@@ -20,6 +20,7 @@ import pandas as pd
 from hybridlab.analysis.schemas import RECEPTIVE_COLUMNS
 from hybridlab.evals.evaluate import load_val, val_losses
 from hybridlab.models import Receptive
+from hybridlab.progress import Progress
 
 
 def receptive_windows(fractions, context: int) -> list[int]:
@@ -46,9 +47,12 @@ def receptive_run(cfg, data_dir: str | Path, run_dir: str | Path) -> pd.DataFram
     model, info = load_final(cfg, run_dir, manifest["vocab_size"], device)
     base = {"variant": cfg.variant.name, "seed": int(cfg.seed), **info}
     rows = []
-    for constrained, window, receptive in constraints(receptive_windows(cfg.eval.receptive_windows, context),
-                                                      context):
+    cases = constraints(receptive_windows(cfg.eval.receptive_windows, context), context)
+    progress = Progress("receptive constraint", len(cases))
+    for constrained, window, receptive in cases:
+        progress.start(f"{constrained} layers, window {window}")
         _, metrics = val_losses(model, val, int(cfg.eval.batch_size), device, receptive)
         for metric, value in metrics.items():
             rows.append({**base, "constrained": constrained, "window": window, "metric": metric, "value": value})
+    progress.done()
     return pd.DataFrame(rows, columns=list(RECEPTIVE_COLUMNS))

@@ -1,4 +1,5 @@
-"""Loading a run's trajectory checkpoints (weights only) into a model, in token order.
+"""Loading a run's trajectory checkpoints (weights only) into a model, in token order; each load is one progress
+line in the job's log.
 
 A run folder is either a training run (ckpt/tokens_*.pt, train_done.json) or Hugging Face models: a folder
 holding a config.json (one checkpoint, e.g. a released model or `hybridlab export-hf` output) or a folder of
@@ -17,6 +18,7 @@ from hybridlab.evals.hf_model import checkpoint_info, hf_model_dirs, load_hf
 from hybridlab.identity import check_stamp, run_identity
 from hybridlab.io import CorruptFileError, read_json
 from hybridlab.models import HybridLM, build_model
+from hybridlab.progress import Progress
 
 log = logging.getLogger("hybridlab")
 
@@ -63,13 +65,20 @@ def iter_checkpoints(cfg, run_dir: str | Path, vocab_size: int, device: torch.de
     """Yield (model, info) for each trajectory checkpoint, oldest first, on `device` in eval mode."""
     hf = hf_model_dirs(run_dir)
     if hf is not None:
+        progress = Progress("model", len(hf))
         for i, path in enumerate(hf):
+            progress.start(path.name)
             yield load_hf(path, device, vocab_size), checkpoint_info(path, i)
+        progress.done()
         return
     model = build_model(cfg, vocab_size)
-    for path in list_checkpoints(run_dir):
+    paths = list_checkpoints(run_dir)
+    progress = Progress("checkpoint", len(paths))
+    for path in paths:
         info = load_checkpoint(path, model, run_identity(cfg))
+        progress.start(f"step {info['step']}, {info['tokens']:,} tokens")
         yield model.to(device).eval(), info
+    progress.done()
 
 
 def load_final(cfg, run_dir: str | Path, vocab_size: int, device: torch.device) -> tuple[HybridLM, dict]:
@@ -79,6 +88,7 @@ def load_final(cfg, run_dir: str | Path, vocab_size: int, device: torch.device) 
         return load_hf(hf[-1], device, vocab_size), checkpoint_info(hf[-1], len(hf) - 1)
     model = build_model(cfg, vocab_size)
     info = load_checkpoint(list_checkpoints(run_dir)[-1], model, run_identity(cfg))
+    Progress("final checkpoint", 1).start(f"step {info['step']}, {info['tokens']:,} tokens")
     return model.to(device).eval(), info
 
 

@@ -1,5 +1,7 @@
-"""Lightning pieces: the LightningModule around HybridLM, the step-indexed data stream, and the callbacks
-that write trajectory checkpoints, the resumable `last.ckpt` and the metrics table.
+"""Lightning pieces: the LightningModule around HybridLM, the step-indexed data stream, and the callback that
+writes trajectory checkpoints, the resumable `last.ckpt` and the metrics table (rewritten as each row comes, so a
+running job's `metrics.csv` shows how far it got; inside Snakemake, where the progress bar is off, each row is also
+one progress line in the job's log).
 
 The data order is a pure function of (seed, global step): on resume the stream restarts exactly at the
 restored step, so an interrupted run ends where an uninterrupted one does.
@@ -8,24 +10,45 @@ restored step, so an interrupted run ends where an uninterrupted one does.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hybridlab.analysis.schemas import TRAIN_COLUMNS
 from hybridlab.digest import DIGEST_KEY, tensor_digest
 from hybridlab.identity import IDENTITY_KEY
-from hybridlab.io import atomic_path
+from hybridlab.io import atomic_path, write_table
 from hybridlab.models import HybridLM
+from hybridlab.progress import clock
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: F401 (for run.py)
 except ImportError:  # the GPU image ships the standalone package
     import pytorch_lightning as pl
+    from pytorch_lightning.plugins.environments import SLURMEnvironment  # noqa: F401 (for run.py)
 
+log = logging.getLogger("hybridlab")
+
+
+def _quiet_lightning_logging() -> None:
+    """One line per Lightning message: `lightning` gives its logger a console handler of its own and lets the
+    records propagate too, so under a configured root logger (the CLI's) every line printed twice; and its
+    advertising tips go."""
+    if logging.getLogger().hasHandlers():
+        lightning_log = logging.getLogger("lightning")
+        lightning_log.handlers = [h for h in lightning_log.handlers if type(h) is not logging.StreamHandler]
+    for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB}"))
+
+
+_quiet_lightning_logging()
 
 # The parts of last.ckpt its checksum covers: weights and optimizer state (what a flipped byte would corrupt).
 RESUME_COVERED = ("state_dict", "optimizer_states")
@@ -166,18 +189,25 @@ class TrainData(pl.LightningDataModule):
 class RunRecorder(pl.Callback):
     """Trajectory checkpoints (weights only, named by tokens seen), `last.ckpt` for resume, metrics rows.
 
-    Its state (the metrics rows) travels inside `last.ckpt`, so a resumed run's table is complete. A trajectory
-    checkpoint's weights are copied off the GPU at its step and written (digest, atomic rename) by a background
-    thread, so training does not wait for the disk; every write has finished, or raised, when training ends."""
+    Its state (the metrics rows) travels inside `last.ckpt`, so a resumed run's table is complete. Rank 0 rewrites
+    `metrics.csv` (atomically) when a session starts and after every row: TRAIN_COLUMNS, then `lr_<group>` for
+    every parameter group of the optimizer (`lr` is the first group's). With `progress` each row is also logged
+    as one line (step, loss, learning rate, tokens/s, elapsed and remaining time of this session).
+
+    A trajectory checkpoint's weights are copied off the GPU at its step and written (digest, atomic rename) by a
+    background thread, so training does not wait for the disk. Every write has finished before a resume point
+    (last.ckpt, a fork, a stop on a signal) is saved, since a run resumed from step s never writes the
+    checkpoints of steps up to s again, and when training ends (or raised)."""
 
     def __init__(self, run_dir: Path, ckpt_steps: list[int], tokens_per_step: int, flops_per_step: float,
-                 peak_flops: float | None, log_every: int, last_every: int, fork_steps: list[int] = ()):
+                 peak_flops: float | None, log_every: int, last_every: int, fork_steps: list[int] = (),
+                 progress: bool = False):
         self.run_dir, self.ckpt_steps, self.fork_steps = Path(run_dir), set(ckpt_steps), set(fork_steps)
         self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak_flops
-        self.log_every, self.last_every = log_every, last_every
+        self.log_every, self.last_every, self.progress = log_every, last_every, progress
         self.rows: list[dict] = []
-        self._t0 = time.perf_counter()
-        self._last_step_logged = 0
+        self._t0 = self._session_t0 = time.perf_counter()
+        self._last_step_logged = self._session_step0 = self._step_seen = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-writer")
         self._writes: list[Future] = []
         self.identity: str | None = None  # stamped into each trajectory checkpoint
@@ -188,13 +218,25 @@ class RunRecorder(pl.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.rows = list(state["rows"])
 
+    def metrics(self) -> pd.DataFrame:
+        """The metrics table so far: TRAIN_COLUMNS, then the per-group learning rates."""
+        extra = sorted({k for row in self.rows for k in row} - set(TRAIN_COLUMNS))
+        return pd.DataFrame(self.rows, columns=[*TRAIN_COLUMNS, *extra])
+
+    def write_metrics(self, trainer) -> None:
+        if trainer.is_global_zero:
+            write_table(self.run_dir / "metrics.csv", self.metrics())
+
     def on_train_start(self, trainer, pl_module) -> None:
-        self._t0, self._last_step_logged = time.perf_counter(), trainer.global_step
+        self._t0 = self._session_t0 = time.perf_counter()
+        self._last_step_logged = self._session_step0 = self._step_seen = trainer.global_step
+        self.write_metrics(trainer)  # a resumed run's table is there from the start (Snakemake removes outputs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step == self._last_step_logged:
-            return  # still accumulating gradients
+        if step == self._step_seen:
+            return  # still accumulating gradients (the step was handled when it ended)
+        self._step_seen = step
         saves = step in self.ckpt_steps or step in self.fork_steps or step % self.last_every == 0 or (
             step == trainer.max_steps)
         if saves:
@@ -207,6 +249,8 @@ class RunRecorder(pl.Callback):
             state = weights_on_cpu(pl_module.model)
             self._writes.append(self._writer.submit(write_weights, state, self.run_dir / "ckpt", step,
                                                     step * self.tokens_per_step, self.identity))
+        if step in self.fork_steps or step % self.last_every == 0 or step == trainer.max_steps:
+            self.flush()  # a resume point comes after the trajectory checkpoints of its steps
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
             save_state(trainer, fork_path(self.run_dir, step))
         if step % self.last_every == 0 or step == trainer.max_steps:
@@ -231,14 +275,30 @@ class RunRecorder(pl.Callback):
         dt = time.perf_counter() - self._t0
         n = step - self._last_step_logged
         tok_s = n * self.tokens_per_step / dt if dt > 0 else float("nan")
-        row = {"step": step, "tokens": step * self.tokens_per_step, "loss": loss,
-               "lr": trainer.optimizers[0].param_groups[0]["lr"], "tokens_per_s": tok_s,
+        groups = trainer.optimizers[0].param_groups
+        row = {"step": step, "tokens": step * self.tokens_per_step, "loss": loss, "lr": groups[0]["lr"],
+               "tokens_per_s": tok_s,
                "mfu": (n * self.flops_per_step / dt / (self.peak * trainer.world_size)) if self.peak and dt > 0
                else float("nan"),
-               "peak_mem_gb": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else 0.0}
+               "peak_mem_gb": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else 0.0,
+               **{f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)}}
         self.rows.append(row)
-        pl_module.log("tok/s", tok_s, prog_bar=True, on_step=True, on_epoch=False)
+        self.write_metrics(trainer)
+        if self.progress and trainer.is_global_zero:
+            self._progress_line(trainer, row)
+        for logger in trainer.loggers:  # train.logger's view (TensorBoard, W&B, CSV): the same row at its step
+            logger.log_metrics({k: v for k, v in row.items() if k != "step" and v == v}, step=step)
+        pl_module.log("tok/s", tok_s, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self._t0, self._last_step_logged = time.perf_counter(), step
+
+    def _progress_line(self, trainer, row: dict) -> None:
+        step, total = row["step"], trainer.max_steps
+        elapsed = time.perf_counter() - self._session_t0
+        done = step - self._session_step0
+        eta = elapsed / done * (total - step) if done > 0 else float("nan")
+        lrs = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k.startswith("lr_"))
+        log.info("step %d/%d (%.0f%%) loss %.4f %s %.3g tokens/s elapsed %s eta %s", step, total,
+                 100 * step / total, row["loss"], lrs, row["tokens_per_s"], clock(elapsed), clock(eta))
 
 
 def ckpt_name(tokens: int) -> str:
@@ -275,9 +335,10 @@ def save_state(trainer, path: Path) -> None:
     """Full training state (resume point) written atomically to `path`."""
     # Trainer.save_checkpoint is a collective (it ends in a barrier): every rank calls it, and Lightning's
     # strategy writes on global rank 0 alone, which alone goes through the atomic temporary file.
+    # weights_only=False (the full state) said explicitly, so Lightning does not log its default on every save.
     if trainer.is_global_zero:
         with atomic_path(path) as tmp:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)
     else:
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
 

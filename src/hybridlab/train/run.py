@@ -3,13 +3,17 @@
 Run folder layout:
   ckpt/tokens_{N:012d}.pt   trajectory checkpoints (weights only), log-spaced in steps, named by tokens seen
   last.ckpt                 full Lightning state for resume (model, optimizer, scheduler, step, metrics rows)
-  metrics.csv               step, tokens, loss, lr, tokens_per_s, mfu, peak_mem_gb
+  metrics.csv               step, tokens, loss, lr, tokens_per_s, mfu, peak_mem_gb, lr_<group> per parameter
+                            group; rewritten after every row while the run trains
   provenance.json           resolved config, the run's identity (hybridlab.identity), git commit, package
                             versions, seed, device; a branch's budget; changes made on purpose (--allow-change)
+  sessions.jsonl            one line per training session: steps from and to, how it ended, wall time, host, SLURM
+                            job (a requeued or resumed run keeps its history; Snakemake empties the job's log)
   train_done.json           written last: the run is complete, and the checkpoints it wrote
   .lock                     held while the folder trains
 Re-running on a folder with `last.ckpt` resumes; on a folder with `train_done.json` it does nothing; either only
-when the folder's run has this run's identity (else refused before anything is written).
+when the folder's run has this run's identity (else refused before anything is written). On SIGUSR1 or SIGTERM,
+or shortly before its SLURM time limit, a run saves `last.ckpt` and exits (train/preempt.py).
 """
 
 from __future__ import annotations
@@ -22,11 +26,9 @@ import time
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hybridlab.analysis.schemas import TRAIN_COLUMNS
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import load_verified
 from hybridlab.identity import (
@@ -40,10 +42,20 @@ from hybridlab.identity import (
     stamp,
     train_provenance,
 )
-from hybridlab.io import atomic_path, read_json, write_json, write_table
+from hybridlab.io import atomic_path, read_json, write_bytes, write_json
 from hybridlab.models import HybridLM, build_model
-from hybridlab.train.lit import RESUME_COVERED, LitLM, RunRecorder, TrainData, ckpt_name, fork_path, pl
+from hybridlab.train.lit import (
+    RESUME_COVERED,
+    LitLM,
+    RunRecorder,
+    SLURMEnvironment,
+    TrainData,
+    ckpt_name,
+    fork_path,
+    pl,
+)
 from hybridlab.train.memory import check_memory
+from hybridlab.train.preempt import StopOnSignal, Stopped, slurm_deadline
 from hybridlab.train.schedule import (
     Branch,
     log_spaced_checkpoints,
@@ -63,6 +75,36 @@ def peak_flops() -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def experiment_logger(cfg: DictConfig, run_dir: Path):
+    """The Lightning logger of train.logger under RUN/logs, or False (none): a view for TensorBoard or W&B
+    (offline) next to metrics.csv, which is always written. One version per run folder, resumed in place."""
+    kind = cfg.train.get("logger") or "none"
+    if kind == "none":
+        return False
+    import hashlib
+    import importlib
+    import importlib.util
+
+    package = LOGGER_PACKAGES.get(kind)
+    if package is not None and importlib.util.find_spec(package) is None and not (
+            kind == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+        from hybridlab.config import ConfigError
+
+        raise ConfigError("train.logger", kind, f"none or csv: the {package} package is not installed (pip install "
+                          f"{package})")
+    loggers = importlib.import_module(f"{pl.__name__}.loggers")
+    save = run_dir / "logs"
+    if kind == "csv":
+        return loggers.CSVLogger(save, name="", version=0)
+    if kind == "tensorboard":
+        return loggers.TensorBoardLogger(save, name="", version=0)
+    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]  # a resumed run continues its W&B run
+    return loggers.WandbLogger(save_dir=save, offline=True, id=run_id, name=str(run_dir), resume="allow")
 
 
 def git_commit() -> str:
@@ -234,36 +276,53 @@ def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedM
     step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
     forks = [b.fork_step for b in branch_plan(cfg, n_params) if b.end_step < int(t.steps)]
     ckpt_steps = checkpoint_steps(cfg, n_params)
+    progress_bar = os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0"
     recorder = RunRecorder(run_dir, ckpt_steps, step_tokens,
                            3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
-                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks)
+                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks,
+                           progress=not progress_bar)
     lit = LitLM(model, cfg, step_model)
     lit.identity = recorder.identity = stamp(identity)
+    resumed_step = int(load_verified(last, covered=RESUME_COVERED)["global_step"]) if last.exists() else 0
     warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
+    stopper = StopOnSignal(last, slurm_deadline(), ddp_every=int(t.log_every))
+    # Inside SLURM, Lightning's own auto-requeue (a mid-step save to hpc_ckpt_N.ckpt in the working directory,
+    # which a later fresh run there would resume from) is off: StopOnSignal saves last.ckpt and requeues.
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     trainer = pl.Trainer(
         max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
         num_nodes=nodes,
         precision=precision, gradient_clip_val=float(t.grad_clip) or None,
         accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices * nodes),
-        logger=False, enable_checkpointing=False, callbacks=[recorder], use_distributed_sampler=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        enable_progress_bar=os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0",
+        logger=experiment_logger(cfg, run_dir), log_every_n_steps=int(t.log_every), enable_checkpointing=False,
+        callbacks=[recorder, stopper], use_distributed_sampler=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=progress_bar,
+        plugins=slurm, default_root_dir=run_dir,
     )
     if trainer.is_global_zero:
         write_json(run_dir / PROVENANCE, train_provenance(provenance(cfg), identity, branch, changes))
+        log.info("%s: %s, %d steps of %d tokens", run_dir, f"resuming from {last}" if last.exists() else "starting",
+                 int(t.steps), step_tokens)
+    session_start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": resumed_step}
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch.*")
+        warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")  # torch 2.13
         trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
                     ckpt_path=str(last) if last.exists() else None, weights_only=True)
-    metrics = pd.DataFrame(recorder.rows, columns=list(TRAIN_COLUMNS))
+    if trainer.is_global_zero:
+        ended = stopper.reason or ("finished" if trainer.global_step >= int(t.steps) else "train.stop_after")
+        record_session(run_dir, session_start, int(trainer.global_step), ended, time.perf_counter() - started)
+    if stopper.signum is not None:
+        raise Stopped(stopper.signum, int(trainer.global_step))
+    metrics = recorder.metrics()
     if trainer.global_step < int(t.steps):
         log.info("%s: stopped at step %d of %d; re-run to resume", run_dir, trainer.global_step, int(t.steps))
         return {"steps": int(trainer.global_step), "finished": False}
     if not trainer.is_global_zero:  # rank 0 writes the run's tables
         return {"steps": int(trainer.global_step), "rank": trainer.global_rank}
-    write_table(run_dir / "metrics.csv", metrics)
+    recorder.write_metrics(trainer)
     summary = {"steps": int(trainer.global_step), "tokens": int(trainer.global_step) * step_tokens,
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
                "wall_s_last_session": time.perf_counter() - started,
@@ -271,6 +330,17 @@ def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedM
                "checkpoints": [ckpt_name(s * step_tokens) for s in sorted(ckpt_steps)]}  # what this run wrote
     write_json(done, summary)
     return summary
+
+
+def record_session(run_dir: Path, start: dict, to_step: int, ended: str, wall_s: float) -> None:
+    """Append this session to RUN/sessions.jsonl (the file rewritten atomically)."""
+    import json
+
+    path = run_dir / "sessions.jsonl"
+    line = {**start, "to_step": to_step, "ended": ended, "wall_s": round(wall_s, 1), "host": platform.node(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    old = path.read_bytes() if path.exists() else b""
+    write_bytes(path, old + (json.dumps(line, sort_keys=True) + "\n").encode())
 
 
 def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path]) -> list[dict]:
