@@ -212,11 +212,11 @@ class BlockTrajectoryWrite:
 
         write, flush = lit.write_weights, lit.RunRecorder.flush
 
-        def blocking_write(state, folder, step, tokens):
+        def blocking_write(state, folder, step, tokens, *args):
             if step == self.step:
                 (self.folder / f"write_{step}").touch()
                 threading.Event().wait()  # until killed
-            return write(state, folder, step, tokens)
+            return write(state, folder, step, tokens, *args)
 
         def watched_flush(recorder, *args, **kw):  # in the training thread: the blocked write was submitted
             if recorder._step_seen >= self.step:
