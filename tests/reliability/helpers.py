@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,9 @@ def _child(argv: list[str], log: str, hook: Callable[[], None] | None) -> None:
     os.dup2(fd, 2)
     sys.stdout = sys.stderr = open(fd, "w", buffering=1)  # noqa: SIM115 (lives as long as the child)
     logging.root.handlers.clear()  # pytest's capture handlers came with the fork: log to `log` as the CLI does
+    # Ctrl-C as a terminal's executable gets it: a suite started in the background (`cmd &` in a script) inherits
+    # SIGINT ignored, and the child would then never see the SIGINT a test sends.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if hook is not None:
         hook()
     from hybridlab.cli import main
