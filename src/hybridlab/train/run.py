@@ -248,15 +248,20 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
         return read_json(done)
     last = run_dir / "last.ckpt"
     if last.exists():  # refuse a damaged or foreign resume point here, naming it, rather than deep inside Lightning
-        check_stamp(last, load_verified(last, covered=RESUME_COVERED), identity, allow)
+        state = load_verified(last, covered=RESUME_COVERED)
+        check_stamp(last, state, identity, allow)
+        resumed_step = int(state["global_step"])
+        del state
+    else:
+        resumed_step = 0
     with folder_lock(run_dir):
         if done.exists():  # finished by another process meanwhile
             return read_json(done)
-        return _train(cfg, data_dir, run_dir, shared, identity, branch, changes)
+        return _train(cfg, data_dir, run_dir, shared, identity, branch, changes, resumed_step)
 
 
 def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedModel | None, identity: dict,
-           branch: dict | None, changes: list[dict]) -> dict:
+           branch: dict | None, changes: list[dict], resumed_step: int) -> dict:
     done, last = run_dir / "train_done.json", run_dir / "last.ckpt"
     manifest = read_manifest(data_dir)
     tokens, _ = load_split(data_dir, "train")
@@ -283,7 +288,6 @@ def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedM
                            progress=not progress_bar)
     lit = LitLM(model, cfg, step_model)
     lit.identity = recorder.identity = stamp(identity)
-    resumed_step = int(load_verified(last, covered=RESUME_COVERED)["global_step"]) if last.exists() else 0
     warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
     stopper = StopOnSignal(last, slurm_deadline(), ddp_every=int(t.log_every))
     # Inside SLURM, Lightning's own auto-requeue (a mid-step save to hpc_ckpt_N.ckpt in the working directory,
