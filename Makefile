@@ -26,7 +26,7 @@ JOBS_PER_GPU ?= 4
 TRAIN_PER_GPU ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv replicate replicate-mini test lint figures report-html clean-smoke lock
+.PHONY: help venv replicate replicate-mini test lint docs figures report-html clean-smoke lock
 .DEFAULT_GOAL := help
 
 ## help: list the targets (variables: SCALE=smoke, RESULTS=results, PAPER=paper, CORES=all)
@@ -67,6 +67,10 @@ test: venv
 lint: venv
 	$(BIN)/ruff check src tests kernels workflow
 	$(BIN)/snakemake --lint
+
+## docs: regenerate docs/config.md (every config key) from src/hybridlab/settings.py and the composed configs
+docs: venv
+	$(BIN)/python -m hybridlab.config_doc docs/config.md
 
 ## figures: rebuild every figure, table and the report from the tables in RESULTS/SCALE (no training, no torch);
 ## the new paper/SCALE/ replaces the old one only when complete (Snakemake would delete the old outputs first)

@@ -214,6 +214,8 @@ SETTINGS: dict[str, Setting] = {
     "data.branching": S("successors per filler word", integer(1), source=SYN),
     "data.branch_probs": S("transition probabilities to a word's successors, most likely first (data.branching "
                            "of them, summing to 1)", list_of(number(0, 1)), source=SYN),
+    "data.markov_order": S("order of the filler's Markov chain: 1 (a word's successors) or 2 (a pair's: the "
+                           "previous word is needed to predict the next)", optional(integer_in(1, 2)), source=SYN),
     "data.zipf_exponent": S("successor popularity ~ rank^-exponent (Zipf-like word frequencies)",
                             optional(number(0)), source=SYN),
     "data.n_keys": S("fact keys; unique within a document, so at most this many facts and table pairs per "

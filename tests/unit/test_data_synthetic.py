@@ -83,6 +83,37 @@ def test_filler_is_zipf_like_and_local():
     assert all(x not in s for x, s in successors.items())  # no self-loops
 
 
+def _successor_sets(tokens: np.ndarray, order: int) -> dict:
+    """What followed each context of `order` filler words (BOS-free windows only)."""
+    seen: dict = {}
+    for row in tokens:
+        for t in range(order, len(row)):
+            window = row[t - order:t + 1]
+            if (window != BOS).all():
+                seen.setdefault(tuple(window[:-1]), set()).add(int(window[-1]))
+    return seen
+
+
+def test_second_order_filler_needs_the_previous_word():
+    corpus, tokens, _ = generate(n=64, context=512, facts_per_token=0.0, markov_order=2)
+    k = corpus.spec.branching
+    pairs, singles = _successor_sets(tokens, 2), _successor_sets(tokens, 1)
+    assert max(len(s) for s in pairs.values()) <= k  # (previous, current) fixes the successor set
+    assert all(ctx[-1] not in s for ctx, s in pairs.items())  # never the word itself
+    # the current word alone does not: its successors are the union over previous words (order 1 gives <= k)
+    assert np.mean([len(s) > k for s in singles.values() if len(s) > 0]) > 0.5
+    assert max(len(s) for s in _successor_sets(generate(n=16, context=512, facts_per_token=0.0)[1], 1).values()) <= k
+    # the word frequencies stay Zipf-like
+    words = tokens[tokens >= corpus.vocab.words.start]
+    counts = np.sort(np.bincount(words))[::-1][:100]
+    assert -2.5 < np.polyfit(np.log(np.arange(1, 101)), np.log(counts), 1)[0] < -0.5
+
+
+def test_markov_order_must_be_one_or_two():
+    with pytest.raises(ValueError, match=r"data\.markov_order"):
+        SyntheticCorpus(CorpusSpec(markov_order=3))
+
+
 def test_long_short_mix_is_one_to_one():
     context = 256
     _, tokens, _ = generate(n=512, context=context)

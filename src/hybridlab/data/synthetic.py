@@ -112,18 +112,32 @@ class DistanceLaw:
 
 
 class MarkovFiller:
-    """A sparse Markov chain over the filler words; the chain is fixed by the corpus seed."""
+    """A sparse Markov chain over the filler words; the chain is fixed by the corpus seed.
 
-    def __init__(self, vocab: Vocab, branching: int, probs: list[float], seed: int, zipf_exponent: float = 1.0):
+    Order 1: each word has `branching` successors. Order 2: each (previous word, word) pair has its own
+    `branching` successors (drawn with the same popularity, never the word itself), so the next word is predictable
+    only with the previous word in view: a model must carry the previous token to every position (a previous-token
+    head), the first half of the circuit that recalls a fact or a copied span."""
+
+    def __init__(self, vocab: Vocab, branching: int, probs: list[float], seed: int, zipf_exponent: float = 1.0,
+                 order: int = 1):
         if len(probs) != branching or not np.isclose(sum(probs), 1.0):
             raise ValueError(f"data.branch_probs: must have data.branching={branching} entries summing to 1, "
                              f"got {probs}")
+        if order not in (1, 2):
+            raise ValueError(f"config key 'data.markov_order': got {order!r}; allowed: 1 or 2")
         rng = np.random.default_rng([seed, 99])
         n = vocab.n_words
+        if branching >= n:
+            raise ValueError(f"config key 'data.branching': got {branching}; allowed: fewer than data.n_words={n}")
         popularity = np.arange(1, n + 1, dtype=np.float64) ** -float(zipf_exponent)
         popularity /= popularity.sum()
-        self.succ = np.stack([rng.choice(n, size=branching, replace=False, p=_without(popularity, i))
-                              for i in range(n)])  # no self-loops: a word never follows itself
+        self.order = order
+        if order == 1:
+            self.succ = np.stack([rng.choice(n, size=branching, replace=False, p=_without(popularity, i))
+                                  for i in range(n)])  # no self-loops: a word never follows itself
+        else:
+            self.succ = np.stack([_popular_successors(rng, popularity, branching) for _ in range(n)])
         self.cum = np.cumsum(probs)
         self.start_p = popularity
         self.offset = vocab.words.start
@@ -134,10 +148,27 @@ class MarkovFiller:
         cur = rng.choice(len(self.start_p), size=n_seqs, p=self.start_p)
         choices = np.searchsorted(self.cum, rng.random((length, n_seqs)), side="right")
         np.minimum(choices, len(self.cum) - 1, out=choices)
-        for t in range(length):
-            out[t] = cur
-            cur = self.succ[cur, choices[t]]
+        if self.order == 1:
+            for t in range(length):
+                out[t] = cur
+                cur = self.succ[cur, choices[t]]
+        else:
+            prev = rng.choice(len(self.start_p), size=n_seqs, p=self.start_p)
+            for t in range(length):
+                out[t] = cur
+                prev, cur = cur, self.succ[prev, cur, choices[t]]
         return np.ascontiguousarray(out.T) + self.offset
+
+
+def _popular_successors(rng: np.random.Generator, popularity: np.ndarray, k: int) -> np.ndarray:
+    """[n, k]: for each word, k distinct successors other than itself, drawn without replacement with probability
+    proportional to `popularity` (Gumbel top-k), the first drawn first."""
+    n = len(popularity)
+    g = np.log(popularity)[None, :] + rng.gumbel(size=(n, n))
+    g[np.arange(n), np.arange(n)] = -np.inf
+    top = np.argpartition(-g, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(g, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
 
 
 @dataclass(frozen=True)
@@ -148,6 +179,7 @@ class CorpusSpec:
     branching: int = 4
     branch_probs: tuple[float, ...] = (0.55, 0.25, 0.12, 0.08)
     zipf_exponent: float = 1.0
+    markov_order: int = 1
     n_keys: int = 64
     n_values: int = 48
     facts_per_token: float = 1 / 64
@@ -237,7 +269,7 @@ class SyntheticCorpus:
         self.vocab = spec.vocab
         self.law = spec.law
         self.filler = MarkovFiller(self.vocab, spec.branching, list(spec.branch_probs), spec.corpus_seed,
-                                   spec.zipf_exponent)
+                                   spec.zipf_exponent, spec.markov_order)
 
     def rng(self, split: str, chunk: int) -> np.random.Generator:
         return np.random.default_rng([self.spec.corpus_seed, SPLITS[split], chunk])
