@@ -133,7 +133,8 @@ def merge(out: Path, names: list[str], first_variant: str) -> None:
     if missing:
         print(f"unfinished designs (no summary): {missing}")
     chosen = pick(s, found, first_variant)
-    overrides = (out / chosen / "overrides.txt").read_text().strip() if (out / chosen / "overrides.txt").exists() else "?"
+    ov_file = out / chosen / "overrides.txt"
+    overrides = ov_file.read_text().strip() if ov_file.exists() else "?"
     print(f"rule picks: {chosen} ({overrides or 'preset'})")
     (out / "chosen.txt").write_text(chosen + "\n")
 
