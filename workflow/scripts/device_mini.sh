@@ -49,12 +49,17 @@ tar czf "$OUT/$SCALE.tgz" -C /tmp mini_run -C "$R" "results/$SCALE/tables" "resu
 ls -la "$OUT"; tail -5 "$W/make.log"
 # Time left before BENCH_DEADLINE seconds after the DAG's start: the throughput rows of issue 15 that need a card
 # of their own (S1 and S5 shapes at 16K), each cut at the deadline.
+# Also bounded by this call's own limit (CALL_LIMIT seconds after this call began, default 590).
 left=$(( ${BENCH_DEADLINE:-0} - ($(date +%s) - start) ))
+call_left=$(( T0 + ${CALL_LIMIT:-590} - $(date +%s) ))
+[ "$call_left" -lt "$left" ] && left=$call_left
 if [ "$left" -gt 90 ]; then
   B=/tmp/bench_after; mkdir -p "$B"
   timeout $(( left / 2 )) python3 -m hybridlab.cli benchmark --out "$B/S1_16k.csv" --variants full mamba2 gdn \
     --sizes S1 --context 16384 --batch 4 --steps 5 > "$B/log.txt" 2>&1
   left=$(( ${BENCH_DEADLINE:-0} - ($(date +%s) - start) ))
+  call_left=$(( T0 + ${CALL_LIMIT:-590} - $(date +%s) ))
+  [ "$call_left" -lt "$left" ] && left=$call_left
   [ "$left" -gt 40 ] && timeout "$left" python3 -m hybridlab.cli benchmark --out "$B/S5_16k_compiled.csv" \
     --variants full swa128 --sizes S5 --context 16384 --batch 1 --steps 5 --compile >> "$B/log.txt" 2>&1
   device_versions > "$B/versions.txt"
