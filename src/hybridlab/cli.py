@@ -550,10 +550,10 @@ def _group_args(p: argparse.ArgumentParser, folders: str, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from importlib.metadata import version
+    from hybridlab import __version__
 
     parser = argparse.ArgumentParser(prog="hybridlab", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Help)
-    parser.add_argument("--version", action="version", version=f"hybridlab {version('hybridlab')}")
+    parser.add_argument("--version", action="version", version=f"hybridlab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
