@@ -50,7 +50,7 @@ replicate: $(ENV_DEP)
 	$(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) --config scale=$(SCALE) results_dir=$(RESULTS) paper_dir=$(PAPER)
 	@echo "report: $(PAPER)/$(SCALE)/report.md"
 
-## replicate-mini: the mini scale on this machine's GPUs (about a quarter of an hour on one H200)
+## replicate-mini: the mini scale on this machine's GPUs (target 20 minutes on one H200; results/mini/README.md)
 replicate-mini: $(ENV_DEP)
 	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
 	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) HYBRIDLAB_TRAIN_LOCK=$${TMPDIR:-/tmp}/hybridlab-train-{gpu}.lock \
