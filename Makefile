@@ -24,6 +24,9 @@ HYBRIDLAB ?= $(if $(NO_VENV),hybridlab,$(BIN)/hybridlab)
 NGPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || echo 0)
 JOBS_PER_GPU ?= 4
 TRAIN_PER_GPU ?= 2
+# One card's trainings take turns through this lock; TRAIN_LOCK= (empty) lets TRAIN_PER_GPU trainings share the
+# card at once (e.g. under CUDA MPS, which runs their kernels side by side: workflow/scripts/device_mini.sh MPS=1).
+TRAIN_LOCK ?= $${TMPDIR:-/tmp}/hybridlab-train-{gpu}.lock
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help venv replicate replicate-mini test lint docs figures report-html clean-smoke lock
@@ -53,7 +56,7 @@ replicate: $(ENV_DEP)
 ## replicate-mini: the mini scale on this machine's GPUs (target 20 minutes on one H200; results/mini/README.md)
 replicate-mini: $(ENV_DEP)
 	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
-	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) HYBRIDLAB_TRAIN_LOCK=$${TMPDIR:-/tmp}/hybridlab-train-{gpu}.lock \
+	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) HYBRIDLAB_TRAIN_LOCK=$(TRAIN_LOCK) \
 	  $(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) \
 	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) \
 	  --config scale=mini results_dir=$(RESULTS) paper_dir=$(PAPER)

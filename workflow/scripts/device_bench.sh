@@ -3,7 +3,10 @@
 #   mini shape (the mini scale's vocabulary, batch 64 x 1024, compiled): Full alone with a kernel-time profile,
 #     then two Full processes at once (does sharing one card beat one job?); SWA-128 and GDN alone;
 #   S1 shape at 16K, batch 4: Full, Mamba-2, GDN (eager: the recurrent mixers' state passing in the Triton kernel);
-#   S5 shape at 16K, batch 1, compiled: Full and SWA-128 (MFU; SWA-128's speed-up over Full).
+#   S5 shape at 16K, batch 1, compiled: Full and SWA-128 (MFU; SWA-128's speed-up over Full);
+#   the mini DAG's own shape (batch 32 x 1024): Full with 4 processes at once, time-sliced, then under CUDA MPS
+#     when the image has nvidia-cuda-mps-control (MPS runs the processes' kernels side by side: the candidate
+#     mechanism for keeping one card busy with small models, issue 15).
 # Usage (repo root, wheels in .whl/): BENCH_TIMEOUT=560 bash workflow/scripts/device_bench.sh
 set -uo pipefail
 T0=$(date +%s)
@@ -17,6 +20,24 @@ bench() {  # bench OUTCSV ARGS...: one table, cut at the deadline
 }
 MINI="--scale mini --sizes mini --context 1024 --batch 64 --steps 20 --compile"
 bench mini_full.csv $MINI --variants full --profile
+MINI32="--scale mini --sizes mini --context 1024 --batch 32 --steps 30 --compile"
+bench mini32_full_x1.csv $MINI32 --variants full
+bench mini32_full_x4.csv $MINI32 --variants full --concurrent 4
+if command -v nvidia-cuda-mps-control > /dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    bench mini32_full_x4_mps.csv $MINI32 --variants full --concurrent 4
+    bench mini32_swa128_x4_mps.csv $MINI32 --variants swa128 --concurrent 4
+    echo quit | nvidia-cuda-mps-control
+    cp -r "$CUDA_MPS_LOG_DIRECTORY" "$W/mps-log" 2>/dev/null
+  else
+    echo "MPS daemon did not start" | tee -a "$W/log.txt"
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+else
+  echo "no nvidia-cuda-mps-control in this image: no MPS rows" | tee -a "$W/log.txt"
+fi
 bench mini_full_x2.csv $MINI --variants full --concurrent 2
 bench mini_swa_gdn.csv $MINI --variants swa128 gdn
 bench S1_16k.csv --variants full mamba2 gdn --sizes S1 --context 16384 --batch 4 --steps 5
