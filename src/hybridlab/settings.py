@@ -64,6 +64,9 @@ def number(lo: float | None = None, hi: float | None = None, open_lo: bool = Fal
     return Rule(ok, text)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 def one_of(*names: str) -> Rule:
     return Rule(lambda v: isinstance(v, str) and v in names, ", ".join(names))
 
@@ -321,6 +324,9 @@ SETTINGS: dict[str, Setting] = {
     "train.precision": S("Lightning precision; auto: bf16-mixed on CUDA, 32-true on CPU",
                          one_of("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")),
     "train.compile": S("torch.compile the model", BOOL),
+    "train.compile_mode": S("torch.compile's mode when train.compile is set: default, reduce-overhead (CUDA graphs: "
+                            "one launch per graph, for small models whose steps are launch-bound) or "
+                            "max-autotune-no-cudagraphs", optional(one_of(*COMPILE_MODES))),
     "train.group_seeds": S("the workflow trains all seeds of a variant in one job (train-group: one process, one "
                            "compiled model)", optional(BOOL)),
     "train.n_checkpoints": S("log-spaced trajectory checkpoints (the last step is always one)", integer(1)),

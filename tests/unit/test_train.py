@@ -142,3 +142,27 @@ def test_compile_warm_up_input_has_the_training_steps_layout(data_dir, smoke_cfg
     batch = torch.stack([ds[i] for i in next(iter(sampler))])[:, :-1]
     warm = warm_batch(50, 4, tokens.shape[1] - 1, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert warm.shape == batch.shape and warm.stride() == batch.stride() and warm.dtype == batch.dtype
+
+
+@pytest.mark.parametrize("mode,expected", [("default", None), ("reduce-overhead", "reduce-overhead"),
+                                           ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+def test_compile_mode_reaches_torch_compile(tmp_path, data_dir, smoke_cfg, monkeypatch, mode, expected):
+    """train.compile_mode is the mode training compiles with (recorded, the model left eager: the CPU has no
+    CUDA graphs), and a mode torch does not have is a config error naming the key."""
+    seen = []
+
+    def fake_compile(model, mode=None, **kw):
+        seen.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    train(smoke_cfg("full", 0, *TINY, "train.steps=3", "train.compile=true", f"train.compile_mode={mode}"),
+          data_dir, tmp_path / "run")
+    assert seen == [expected]
+
+
+def test_unknown_compile_mode_is_a_config_error(smoke_cfg):
+    from hybridlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.compile_mode.*reduce-overhead"):
+        smoke_cfg("full", 0, "train.compile_mode=cudagraphs")

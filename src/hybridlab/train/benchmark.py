@@ -30,7 +30,7 @@ import torch
 from hybridlab.config import load_config
 from hybridlab.models import build_model
 from hybridlab.models.attention import select_backend
-from hybridlab.train.run import git_commit, peak_flops
+from hybridlab.train.run import compile_model, git_commit, peak_flops
 
 COLUMNS = ("date", "variant", "size", "context", "batch", "vocab", "compile", "concurrent", "overrides", "device",
            "attn_backend", "mixer_backend", "tokens_per_s", "step_ms", "mfu", "peak_mem_gb", "non_embedding_params",
@@ -79,7 +79,7 @@ def _setup(variant: str, size: str, context: int, batch: int, vocab: int, scale:
         torch.set_float32_matmul_precision("high")  # as training sets it
     torch.manual_seed(0)
     model = build_model(cfg, vocab).to(device)
-    step_model = torch.compile(model) if compile else model
+    step_model = compile_model(model, str(cfg.train.get("compile_mode") or "default")) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, vocab, (batch, context + 1), device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(

@@ -167,6 +167,11 @@ def warm_batch(vocab: int, batch: int, length: int, device: torch.device, gen: t
     return torch.randint(0, vocab, (batch, length + 1), device=device, generator=gen)[:, :-1]
 
 
+def compile_model(model: torch.nn.Module, mode: str = "default"):
+    """torch.compile with train.compile_mode ("default" is torch's own default)."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
 class SharedModel:
     """One model object reused by the runs of `train_group`: built and compiled (train.compile) once; each run
     loads its own seed's initialisation into it, so it trains exactly what a fresh model of that seed would.
@@ -198,14 +203,16 @@ class SharedModel:
             self._lock.close()  # closing the descriptor drops the flock
             self._lock = None
 
-    def take(self, fresh: HybridLM, compile_: bool, warm: tuple[torch.device, int, int] | None = None
-             ) -> tuple[HybridLM, object]:
+    def take(self, fresh: HybridLM, compile_: bool, warm: tuple[torch.device, int, int] | None = None,
+             mode: str = "default") -> tuple[HybridLM, object]:
         """(model, step_model) holding `fresh`'s weights. On first use with `compile_` and `warm` (device, micro
         batch, sequence length) the compiled forward and backward are built here, before training starts, so
-        that no step's time includes compilation; if compiling fails, training runs eagerly, with a warning."""
+        that no step's time includes compilation; if compiling fails, training runs eagerly, with a warning.
+        `mode`: torch.compile's mode (train.compile_mode). Later runs load their weights into the same parameter
+        tensors (load_state_dict copies in place), so CUDA graphs captured on them stay valid."""
         if self.model is None:
             self.model = fresh
-            self.step_model = torch.compile(fresh) if compile_ else fresh
+            self.step_model = compile_model(fresh, mode) if compile_ else fresh
             if compile_ and warm is not None:
                 self._warm(*warm)
             self.acquire()
@@ -274,7 +281,8 @@ def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedM
     if on_gpu:  # float32 matmuls (the recurrent mixers' chunked math) on TF32 tensor cores
         torch.set_float32_matmul_precision("high")
     warm = (torch.device("cuda"), int(t.micro_batch_size), int(cfg.scale.context) - 1) if on_gpu else None
-    model, step_model = (shared or SharedModel()).take(model, bool(t.compile), warm)
+    model, step_model = (shared or SharedModel()).take(model, bool(t.compile), warm,
+                                                      str(t.get("compile_mode") or "default"))
     devices, nodes = int(t.devices), int(t.num_nodes)  # DDP over devices x nodes (gloo on CPU, NCCL on GPU)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
