@@ -74,6 +74,20 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"hybridlab {version('hybridlab')}"
 
 
+def test_cli_runs_from_a_checkout_that_is_not_installed(monkeypatch, capsys):
+    """On the GPU image the package runs from src/ on PYTHONPATH, without installed metadata: the parser (every
+    command) must not need it (it did: importlib.metadata raised and every DAG job failed)."""
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("hybridlab ")
+
+
 def test_list_shows_sizes_variant_labels_scales_and_keys(capsys):
     assert main(["list", "sizes"]) == 0
     sizes = capsys.readouterr().out.splitlines()
