@@ -459,6 +459,9 @@ def cmd_benchmark(a) -> None:
 
     from hybridlab.train.benchmark import COLUMNS, benchmark, concurrent_run, scale_vocab
 
+    if a.ensemble < 1 or (a.ensemble > 1 and a.concurrent > 1):
+        raise SystemExit(f"hybridlab benchmark: --ensemble {a.ensemble} with --concurrent {a.concurrent}: allowed "
+                         "--ensemble >= 1, and not both above 1 (one mechanism per row)")
     vocab = a.vocab or (32000 if a.scale == "paper" else scale_vocab(a.scale))
     if a.child_json:  # one child of a concurrent run: its row as JSON, nothing else
         row = benchmark(a.variants[0], a.sizes[0], a.context, a.batch, a.steps, vocab=vocab, scale=a.scale,
@@ -478,7 +481,7 @@ def cmd_benchmark(a) -> None:
                 profile = (Path(a.out).with_name(f"{Path(a.out).stem}_profile_{size}_{variant}.csv")
                            if a.profile and a.out else None)
                 row = benchmark(variant, size, a.context, a.batch, a.steps, vocab=vocab, scale=a.scale,
-                                compile=a.compile, overrides=tuple(a.set), profile=profile)
+                                compile=a.compile, overrides=tuple(a.set), profile=profile, ensemble=a.ensemble)
             rows.append(row)
             print(f"{row.get('size')} {row.get('variant')} x{row.get('concurrent', 1)}: "
                   + ", ".join(f"{k} {row.get(k)}" for k in ("tokens_per_s", "mfu", "peak_mem_gb", "status")),
@@ -676,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocabulary size (default: 32000 at the paper scale, else the scale's synthetic vocabulary)")
     p.add_argument("--concurrent", type=int, default=1,
                    help="N processes of each row at once on this device; tokens/s is their total")
+    p.add_argument("--ensemble", type=int, default=1, metavar="G",
+                   help="G models (seeds 0..G-1) batched into one step, --batch sequences each (attention variants; "
+                        "tokens/s counts all G)")
     p.add_argument("--profile", action="store_true", help="also write a kernel-time table per row beside --out")
     p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-json", default=None, help=argparse.SUPPRESS)

@@ -42,3 +42,22 @@ def test_benchmark_mini_shape_concurrent_and_profile(tmp_path):
     profile = pd.read_csv(tmp_path / "mini_profile_tiny_full.csv")
     assert list(profile.columns) == ["kernel", "calls", "time_ms", "share"] and len(profile) > 0
     assert 0 < profile["share"].sum() <= 1 + 1e-9 and (profile["time_ms"].diff().dropna() <= 0).all()
+
+
+def test_benchmark_ensemble_rows(tmp_path, monkeypatch):
+    """--ensemble G: one row whose step trains G stacked models (tokens/s counts all of them; the step's FLOPs
+    are G models'), a recurrent variant is reported as not stackable instead of failing the table, and
+    --ensemble with --concurrent is refused."""
+    out = tmp_path / "ens.csv"
+    common = ["benchmark", "--scale", "mini", "--variants", "full", "gdn", "--sizes", "tiny", "--context", "32",
+              "--batch", "2", "--steps", "1", "--set", "train.steps=10", "train.warmup_steps=1"]
+    assert main([*common, "--ensemble", "3", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == list(COLUMNS)
+    full, gdn = table.iloc[0], table.iloc[1]
+    assert full["ensemble"] == 3 and full["status"] == "ok" and full["tokens_per_s"] > 0
+    assert gdn["status"].startswith("not stackable") and "blocks.0.mixer" in gdn["status"]
+    import pytest
+
+    with pytest.raises(SystemExit, match="--ensemble"):
+        main([*common, "--ensemble", "2", "--concurrent", "2"])

@@ -7,7 +7,8 @@
 #   the mini DAG's own shape (batch 32 x 1024): Full with 4 processes at once, time-sliced, then under CUDA MPS
 #     when the image has nvidia-cuda-mps-control (MPS runs the processes' kernels side by side: the candidate
 #     mechanism for keeping one card busy with small models, issue 15); Full and SWA-128 alone compiled with
-#     CUDA graphs (train.compile_mode=reduce-overhead: one launch per graph instead of one per kernel).
+#     CUDA graphs (train.compile_mode=reduce-overhead: one launch per graph instead of one per kernel); the 8
+#     seeds of a variant batched into one step (--ensemble 8, hybridlab.train.ensemble).
 # Usage (repo root, wheels in .whl/): BENCH_TIMEOUT=560 bash workflow/scripts/device_bench.sh
 set -uo pipefail
 T0=$(date +%s)
@@ -23,6 +24,7 @@ MINI="--scale mini --sizes mini --context 1024 --batch 64 --steps 20 --compile"
 bench mini_full.csv $MINI --variants full --profile
 MINI32="--scale mini --sizes mini --context 1024 --batch 32 --steps 30 --compile"
 bench mini32_full_x1.csv $MINI32 --variants full
+bench mini32_ensemble8.csv $MINI32 --variants full swa128 --ensemble 8
 bench mini32_full_x4.csv $MINI32 --variants full --concurrent 4
 bench mini32_full_cudagraphs.csv $MINI32 --variants full swa128 --set train.compile_mode=reduce-overhead
 if command -v nvidia-cuda-mps-control > /dev/null; then

@@ -9,6 +9,8 @@ Modes beside the plain one:
   concurrent  N processes of the same benchmark on one device at once (how the DAG's parallel jobs share a card):
               each warms up, waits at a barrier, then times `steps` steps; the row's tokens/s is the total
               tokens over the span from the first start to the last end (`concurrent_run`).
+  ensemble    G models of the row's variant (seeds 0..G-1) batched into one step (hybridlab.train.ensemble):
+              each model gets `batch` sequences; tokens/s counts all G models' tokens. Attention variants only.
   profile     a torch.profiler trace of a few steps after the timed ones: the device time per kernel, summed
               by name, written as a table beside the benchmark CSV (`profile_table`).
 Each row carries the date, the card and the software versions, so a table is a dated, pinned record.
@@ -32,7 +34,8 @@ from hybridlab.models import build_model
 from hybridlab.models.attention import select_backend
 from hybridlab.train.run import compile_model, git_commit, peak_flops
 
-COLUMNS = ("date", "variant", "size", "context", "batch", "vocab", "compile", "concurrent", "overrides", "device",
+COLUMNS = ("date", "variant", "size", "context", "batch", "vocab", "compile", "concurrent", "ensemble", "overrides",
+           "device",
            "attn_backend", "mixer_backend", "tokens_per_s", "step_ms", "mfu", "peak_mem_gb", "non_embedding_params",
            "versions", "status")
 
@@ -72,23 +75,34 @@ def scale_vocab(scale: str) -> int:
 
 
 def _setup(variant: str, size: str, context: int, batch: int, vocab: int, scale: str, compile: bool,
-           overrides: tuple[str, ...]):
+           overrides: tuple[str, ...], ensemble: int = 1):
     cfg = load_config(scale, variant, 0, [f"scale.context={context}", *overrides], size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as training sets it
     torch.manual_seed(0)
     model = build_model(cfg, vocab).to(device)
-    step_model = compile_model(model, str(cfg.train.get("compile_mode") or "default")) if compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    x = torch.randint(0, vocab, (batch, context + 1), device=device)
+    trained = model
+    if ensemble > 1:
+        from hybridlab.train.ensemble import stack_models
+
+        members = [model]
+        for g in range(1, ensemble):
+            torch.manual_seed(g)
+            members.append(build_model(cfg, vocab).to(device))
+        trained = stack_models(members)
+    step_model = compile_model(trained, str(cfg.train.get("compile_mode") or "default")) if compile else trained
+    opt = torch.optim.AdamW(trained.parameters(), lr=1e-4, fused=device.type == "cuda")
+    x = torch.randint(0, vocab, (ensemble * batch, context + 1), device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
 
     def step():
         with amp:
             logits = step_model(x[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(),
+                                                      reduction="none")
+        loss = per_token.view(ensemble, -1).mean(1).sum()  # each model's mean loss; the sum keeps them apart
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -103,14 +117,20 @@ def _sync(device: torch.device) -> None:
 
 def benchmark(variant: str, size: str, context: int, batch: int = 1, steps: int = 5, warmup: int = 3,
               vocab: int = 32000, scale: str = "paper", compile: bool = False,
-              overrides: tuple[str, ...] = (), profile: str | Path | None = None, barrier: Path | None = None) -> dict:
+              overrides: tuple[str, ...] = (), profile: str | Path | None = None, barrier: Path | None = None,
+              ensemble: int = 1) -> dict:
     """One row of COLUMNS; `overrides` are Hydra overrides applied after the context (e.g.
     model.mixer_backend=torch, model.d_ff=4416). `profile`: also write the kernel-time table there.
     `barrier`: a folder; after warm-up, write `ready.<pid>` there and wait for its file `go` (concurrent mode)."""
     row = {"date": datetime.date.today().isoformat(), "variant": variant, "size": size, "context": context,
-           "batch": batch, "vocab": vocab, "compile": compile, "concurrent": 1, "overrides": " ".join(overrides),
-           "versions": versions(), "steps": steps}
-    model, device, step = _setup(variant, size, context, batch, vocab, scale, compile, overrides)
+           "batch": batch, "vocab": vocab, "compile": compile, "concurrent": 1, "ensemble": ensemble,
+           "overrides": " ".join(overrides), "versions": versions(), "steps": steps}
+    try:
+        model, device, step = _setup(variant, size, context, batch, vocab, scale, compile, overrides, ensemble)
+    except ValueError as e:
+        if ensemble > 1 and str(e).startswith("stack_models"):
+            return {**row, "status": f"not stackable: {e}"}
+        raise
     row["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     row["non_embedding_params"] = model.non_embedding_params()
     try:
@@ -132,10 +152,10 @@ def benchmark(variant: str, size: str, context: int, batch: int = 1, steps: int 
             profile_table(step, device).to_csv(profile, index=False)
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory"}
-    flops = 3 * model.flops_per_sequence(context) * batch
+    flops = 3 * model.flops_per_sequence(context) * batch * ensemble
     peak = peak_flops()
     row["attn_backend"], row["mixer_backend"] = backends(model)
-    return {**row, "tokens_per_s": batch * context / dt, "step_ms": dt * 1e3,
+    return {**row, "tokens_per_s": ensemble * batch * context / dt, "step_ms": dt * 1e3,
             "mfu": flops / dt / peak if peak else float("nan"),
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
             "status": "ok"}
