@@ -2,9 +2,10 @@
 
 For each candidate (a name and overrides of the mini scale), prepares the corpus, trains a few pilot seeds of
 each variant (seeds the final run never uses) with the project's own training path, and reads the retrieval-head
-onset off the checkpoints exactly as `hybridlab analyze` does: the strongest full-attention head's needle mass on
-the NIAH set at the training context, onset = the first checkpoint above eval.onset_threshold.
-Writes curves.csv (design, variant, seed, step, tokens, needle mass, loss) and summary.csv (one row per run), and
+onset off the checkpoints as `hybridlab analyze` does (its head scores, its `onset`): the strongest
+full-attention head's needle mass on the NIAH set at the training context, onset = the first checkpoint above
+eval.onset_threshold.
+Writes curves.csv (design, variant, seed, step, tokens, needle mass) and summary.csv (one row per run), and
 prints the summary and the design the selection rule picks. The rule is fixed in this file before the sweep
 runs: most formed runs; then most formed runs of the first variant; then the earliest mean onset of the formed
 runs; then the order given.
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from hybridlab.analysis.retrieval import attention_heads, head_scores
+from hybridlab.analysis.trajectory import onset
 from hybridlab.config import load_config
 from hybridlab.data.niah import load_niah
 from hybridlab.data.prepare import prepare
@@ -46,7 +48,9 @@ def onset_curve(cfg, data_dir: Path, run_dir: Path) -> pd.DataFrame:
     ds = load_niah(data_dir, int(manifest["context"]))
     rows = []
     for model, info in iter_checkpoints(cfg, run_dir, manifest["vocab_size"], device):
-        scores = head_scores(model, ds.tokens, ds.needle_pos, int(cfg.eval.batch_size), device, n_last=4)
+        scores = head_scores(model, ds.tokens, ds.needle_pos, int(cfg.eval.batch_size), device, n_last=4,
+                             query_from_end=int(cfg.eval.get("retrieval_query_from_end", 1)),
+                             span=str(cfg.eval.get("needle_span", "first")), needle_len=ds.needle_len)
         mass = max(scores["needle_mass"][li, h] for li, h in attention_heads(model, "full"))
         rows.append({"step": int(info["step"]), "tokens": int(info["tokens"]), "needle_mass": float(mass)})
     return pd.DataFrame(rows)
@@ -100,10 +104,11 @@ def main() -> None:
             for cfg, seed, run_dir in zip(cfgs, a.seeds, run_dirs, strict=True):
                 c = onset_curve(cfg, data_dir, run_dir)
                 metrics = pd.read_csv(run_dir / "metrics.csv")
-                above = c[c.needle_mass > threshold]
+                on_step, on_tokens = (onset(c[x].to_numpy(), c.needle_mass.to_numpy(), threshold)[0]
+                                      for x in ("step", "tokens"))
                 summary.append({"design": name, "variant": variant, "seed": seed,
-                                "onset_step": int(above.step.iloc[0]) if len(above) else None,
-                                "onset_tokens": int(above.tokens.iloc[0]) if len(above) else None,
+                                "onset_step": int(on_step) if np.isfinite(on_step) else None,
+                                "onset_tokens": int(on_tokens) if np.isfinite(on_tokens) else None,
                                 "final_mass": float(c.needle_mass.iloc[-1]), "max_mass": float(c.needle_mass.max()),
                                 "final_loss": float(metrics.loss.iloc[-1]),
                                 "tokens_per_s": float(metrics.tokens_per_s.median()),

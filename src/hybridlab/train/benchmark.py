@@ -91,7 +91,7 @@ def _setup(variant: str, size: str, context: int, batch: int, vocab: int, scale:
             torch.manual_seed(g)
             members.append(build_model(cfg, vocab).to(device))
         trained = stack_models(members)
-    step_model = compile_model(trained, str(cfg.train.get("compile_mode") or "default")) if compile else trained
+    step_model = compile_model(trained, cfg.train.get("compile_mode")) if compile else trained
     opt = torch.optim.AdamW(trained.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, vocab, (ensemble * batch, context + 1), device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(

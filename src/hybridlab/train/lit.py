@@ -237,9 +237,9 @@ class RunRecorder(pl.Callback):
         if step == self._step_seen:
             return  # still accumulating gradients (the step was handled when it ended)
         self._step_seen = step
-        saves = step in self.ckpt_steps or step in self.fork_steps or step % self.last_every == 0 or (
-            step == trainer.max_steps)
-        if saves:
+        last_point = step % self.last_every == 0 or step == trainer.max_steps
+        resume_point = last_point or step in self.fork_steps
+        if resume_point or step in self.ckpt_steps:
             pl_module.check_finite()  # nothing non-finite is ever saved
         if step % self.log_every == 0 or step in self.ckpt_steps:
             self._log_row(trainer, pl_module, step)
@@ -249,11 +249,11 @@ class RunRecorder(pl.Callback):
             state = weights_on_cpu(pl_module.model)
             self._writes.append(self._writer.submit(write_weights, state, self.run_dir / "ckpt", step,
                                                     step * self.tokens_per_step, self.identity))
-        if step in self.fork_steps or step % self.last_every == 0 or step == trainer.max_steps:
+        if resume_point:
             self.flush()  # a resume point comes after the trajectory checkpoints of its steps
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
             save_state(trainer, fork_path(self.run_dir, step))
-        if step % self.last_every == 0 or step == trainer.max_steps:
+        if last_point:
             save_state(trainer, self.run_dir / "last.ckpt")
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -167,9 +167,9 @@ def warm_batch(vocab: int, batch: int, length: int, device: torch.device, gen: t
     return torch.randint(0, vocab, (batch, length + 1), device=device, generator=gen)[:, :-1]
 
 
-def compile_model(model: torch.nn.Module, mode: str = "default"):
-    """torch.compile with train.compile_mode ("default" is torch's own default)."""
-    return torch.compile(model, mode=None if mode == "default" else mode)
+def compile_model(model: torch.nn.Module, mode: str | None = None):
+    """torch.compile with train.compile_mode (None or "default": torch's own default)."""
+    return torch.compile(model, mode=None if mode in (None, "default") else str(mode))
 
 
 class SharedModel:
@@ -204,7 +204,7 @@ class SharedModel:
             self._lock = None
 
     def take(self, fresh: HybridLM, compile_: bool, warm: tuple[torch.device, int, int] | None = None,
-             mode: str = "default") -> tuple[HybridLM, object]:
+             mode: str | None = None) -> tuple[HybridLM, object]:
         """(model, step_model) holding `fresh`'s weights. On first use with `compile_` and `warm` (device, micro
         batch, sequence length) the compiled forward and backward are built here, before training starts, so
         that no step's time includes compilation; if compiling fails, training runs eagerly, with a warning.
@@ -281,8 +281,7 @@ def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedM
     if on_gpu:  # float32 matmuls (the recurrent mixers' chunked math) on TF32 tensor cores
         torch.set_float32_matmul_precision("high")
     warm = (torch.device("cuda"), int(t.micro_batch_size), int(cfg.scale.context) - 1) if on_gpu else None
-    model, step_model = (shared or SharedModel()).take(model, bool(t.compile), warm,
-                                                      str(t.get("compile_mode") or "default"))
+    model, step_model = (shared or SharedModel()).take(model, bool(t.compile), warm, t.get("compile_mode"))
     devices, nodes = int(t.devices), int(t.num_nodes)  # DDP over devices x nodes (gloo on CPU, NCCL on GPU)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     seq_len = int(cfg.scale.context) - 1
