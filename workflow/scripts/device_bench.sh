@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Throughput tables of issue 15 on a lent one-GPU machine, in one call (each table written row by row):
-#   mini shape (the mini scale's vocabulary, batch 64 x 1024, compiled): Full alone with a kernel-time profile,
-#     then two Full processes at once (does sharing one card beat one job?); SWA-128 and GDN alone;
-#   S1 shape at 16K, batch 4: Full, Mamba-2, GDN (eager: the recurrent mixers' state passing in the Triton kernel);
+# Throughput tables of issue 15 on a lent one-GPU machine, in one call (each table written row by row, each cut at
+# the call's deadline), the rows that choose the mini DAG's mechanism first:
+#   the mini DAG's own shape (scale vocabulary, batch 32 x 1024, compiled): 8 seeds of Full and of SWA-128
+#     batched into one step (--ensemble 8, hybridlab.train.ensemble); Full and GDN alone; Full and GDN with 4
+#     processes at once under CUDA MPS (when the image has nvidia-cuda-mps-control), then Full's 4 time-sliced;
+#     a kernel-time profile of Full alone;
+#   S1 shape at 16K, batch 4: Full, Mamba-2, GDN (eager);
 #   S5 shape at 16K, batch 1, compiled: Full and SWA-128 (MFU; SWA-128's speed-up over Full);
-#   the mini DAG's own shape (batch 32 x 1024): Full with 4 processes at once, time-sliced, then under CUDA MPS
-#     when the image has nvidia-cuda-mps-control (MPS runs the processes' kernels side by side: the candidate
-#     mechanism for keeping one card busy with small models, issue 15); Full and SWA-128 alone compiled with
-#     CUDA graphs (train.compile_mode=reduce-overhead: one launch per graph instead of one per kernel); the 8
-#     seeds of a variant batched into one step (--ensemble 8, hybridlab.train.ensemble).
+#   Full at the mini shape with CUDA graphs (train.compile_mode=reduce-overhead).
 # Usage (repo root, wheels in .whl/): BENCH_TIMEOUT=560 bash workflow/scripts/device_bench.sh
 set -uo pipefail
 T0=$(date +%s)
@@ -20,19 +19,15 @@ bench() {  # bench OUTCSV ARGS...: one table, cut at the deadline
   timeout "$(until_end)" python3 -m hybridlab.cli benchmark --out "$W/$out" "$@" >> "$W/log.txt" 2>&1
   echo "$out exit $? at t=$(( $(date +%s) - T0 ))s" | tee -a "$W/log.txt"
 }
-MINI="--scale mini --sizes mini --context 1024 --batch 64 --steps 20 --compile"
-bench mini_full.csv $MINI --variants full --profile
 MINI32="--scale mini --sizes mini --context 1024 --batch 32 --steps 30 --compile"
-bench mini32_full_x1.csv $MINI32 --variants full
+# the mechanism rows first (issue 15: choose by measurement), the 16K rows after them
 bench mini32_ensemble8.csv $MINI32 --variants full swa128 --ensemble 8
-bench mini32_full_x4.csv $MINI32 --variants full --concurrent 4
-bench mini32_full_cudagraphs.csv $MINI32 --variants full swa128 --set train.compile_mode=reduce-overhead
+bench mini32_x1.csv $MINI32 --variants full gdn
 if command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d; then
-    bench mini32_full_x4_mps.csv $MINI32 --variants full --concurrent 4
-    bench mini32_swa128_x4_mps.csv $MINI32 --variants swa128 --concurrent 4
+    bench mini32_x4_mps.csv $MINI32 --variants full gdn --concurrent 4
     echo quit | nvidia-cuda-mps-control
     cp -r "$CUDA_MPS_LOG_DIRECTORY" "$W/mps-log" 2>/dev/null
   else
@@ -42,10 +37,11 @@ if command -v nvidia-cuda-mps-control > /dev/null; then
 else
   echo "no nvidia-cuda-mps-control in this image: no MPS rows" | tee -a "$W/log.txt"
 fi
-bench mini_full_x2.csv $MINI --variants full --concurrent 2
-bench mini_swa_gdn.csv $MINI --variants swa128 gdn
+bench mini32_full_x4.csv $MINI32 --variants full --concurrent 4
+bench mini32_full_profile.csv $MINI32 --variants full --profile
 bench S1_16k.csv --variants full mamba2 gdn --sizes S1 --context 16384 --batch 4 --steps 5
 bench S5_16k_compiled.csv --variants full swa128 --sizes S5 --context 16384 --batch 1 --steps 5 --compile
+bench mini32_full_cudagraphs.csv $MINI32 --variants full --set train.compile_mode=reduce-overhead
 device_versions > "$W/versions.txt"
 (cd "$W" && tar czf "$OUT/bench.tgz" --exclude='*/barrier' .)
 for f in "$W"/*.csv; do echo "== $f"; python3 -c "
