@@ -73,6 +73,19 @@ def _stacked(mods: list[nn.Module]) -> nn.Module:
     return StackedRMSNorm(mods)
 
 
+def stack_refusal(model: nn.Module) -> str | None:
+    """None when `model` can be stacked; else why not: the first parameter outside the stackable leaves."""
+    covered = set()
+    for name, m in model.named_modules():
+        if isinstance(m, STACKABLE):
+            covered |= {f"{name}.{p}" if name else p for p, _ in m.named_parameters()}
+    loose = [n for n, _ in model.named_parameters() if n not in covered]
+    if loose:
+        return (f"parameter {loose[0]!r} is not in a Linear, Embedding or RMSNorm (only attention models stack; "
+                f"{len(loose)} such parameters)")
+    return None
+
+
 def stack_models(models: list[nn.Module]) -> nn.Module:
     """One module running `models` (same class and shape) on their batches concatenated along dim 0, model g on
     the g-th block. Raises ValueError naming the first parameter that sits outside the stackable leaves."""
@@ -81,15 +94,11 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     shapes = [[(n, p.shape) for n, p in m.named_parameters()] for m in models]
     if any(s != shapes[0] for s in shapes):
         raise ValueError("stack_models: the models differ in their parameters")
+    refusal = stack_refusal(models[0])
+    if refusal is not None:
+        raise ValueError(f"stack_models: {refusal}")
     stacked = copy.deepcopy(models[0])
-    covered = set()
     names = [n for n, m in models[0].named_modules() if isinstance(m, STACKABLE)]
-    for name in names:
-        covered |= {f"{name}.{p}" for p, _ in models[0].get_submodule(name).named_parameters()}
-    loose = [n for n, _ in models[0].named_parameters() if n not in covered]
-    if loose:
-        raise ValueError(f"stack_models: parameter {loose[0]!r} is not in a Linear, Embedding or RMSNorm "
-                         f"(only attention models stack; {len(loose)} such parameters)")
     for name in names:
         parent_name, _, leaf = name.rpartition(".")
         parent = stacked.get_submodule(parent_name) if parent_name else stacked

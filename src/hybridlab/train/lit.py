@@ -201,7 +201,8 @@ class RunRecorder(pl.Callback):
 
     def __init__(self, run_dir: Path, ckpt_steps: list[int], tokens_per_step: int, flops_per_step: float,
                  peak_flops: float | None, log_every: int, last_every: int, fork_steps: list[int] = (),
-                 progress: bool = False):
+                 progress: bool = False, save=None):
+        self.save = save or save_state  # save(trainer, path): a resume point (stacked runs write their own share)
         self.run_dir, self.ckpt_steps, self.fork_steps = Path(run_dir), set(ckpt_steps), set(fork_steps)
         self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak_flops
         self.log_every, self.last_every, self.progress = log_every, last_every, progress
@@ -252,9 +253,9 @@ class RunRecorder(pl.Callback):
         if resume_point:
             self.flush()  # a resume point comes after the trajectory checkpoints of its steps
         if step in self.fork_steps:  # full state: a WSD decay branch starts here
-            save_state(trainer, fork_path(self.run_dir, step))
+            self.save(trainer, fork_path(self.run_dir, step))
         if last_point:
-            save_state(trainer, self.run_dir / "last.ckpt")
+            self.save(trainer, self.run_dir / "last.ckpt")
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.flush()

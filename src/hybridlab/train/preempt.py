@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from hybridlab.train.lit import RunRecorder, pl, save_state
+from hybridlab.train.lit import pl, save_state
 
 log = logging.getLogger("hybridlab")
 
@@ -92,10 +92,12 @@ def requeue_slurm_job(job_id: str) -> bool:
 
 class StopOnSignal(pl.Callback):
     """Saves `last` and stops the trainer at the first optimizer-step boundary after SIGUSR1/SIGTERM or past
-    `deadline` (epoch seconds, less the margin); `signum` then names the cause (SIGUSR1 for the deadline)."""
+    `deadline` (epoch seconds, less the margin); `signum` then names the cause (SIGUSR1 for the deadline).
+    `save(trainer)`, when given, writes the resume point instead (the runs of a stacked step save one each)."""
 
-    def __init__(self, last: Path, deadline: float | None = None, ddp_every: int = 1):
+    def __init__(self, last: Path, deadline: float | None = None, ddp_every: int = 1, save=None):
         self.last, self.deadline, self.ddp_every = Path(last), deadline, max(1, ddp_every)
+        self.save = save or (lambda trainer: save_state(trainer, self.last))
         self.signum: int | None = None  # why the run stopped (or is stopping); reason says it in words
         self.reason: str | None = None
         self._received: int | None = None  # set by the signal handler
@@ -153,9 +155,9 @@ class StopOnSignal(pl.Callback):
             return
         pl_module.check_finite()  # nothing non-finite is ever saved
         started = time.monotonic()
-        for recorder in (cb for cb in trainer.callbacks if isinstance(cb, RunRecorder)):
+        for recorder in (cb for cb in trainer.callbacks if callable(getattr(cb, "flush", None))):
             recorder.flush()  # the resume point comes after the trajectory checkpoints of its steps
-        save_state(trainer, self.last)
+        self.save(trainer)
         self._longest = max(self._longest, time.monotonic() - started)
         self.signum, trainer.should_stop = int(request), True
         self.reason = signal.Signals(request).name if self._received else "SLURM time limit near"

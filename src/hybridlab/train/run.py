@@ -269,7 +269,7 @@ def train(cfg: DictConfig, data_dir: str | Path, run_dir: str | Path, shared: Sh
 
 def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedModel | None, identity: dict,
            branch: dict | None, changes: list[dict], resumed_step: int) -> dict:
-    done, last = run_dir / "train_done.json", run_dir / "last.ckpt"
+    last = run_dir / "last.ckpt"
     manifest = read_manifest(data_dir)
     tokens, _ = load_split(data_dir, "train")
     torch.manual_seed(int(cfg.seed))
@@ -282,51 +282,85 @@ def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedM
         torch.set_float32_matmul_precision("high")
     warm = (torch.device("cuda"), int(t.micro_batch_size), int(cfg.scale.context) - 1) if on_gpu else None
     model, step_model = (shared or SharedModel()).take(model, bool(t.compile), warm, t.get("compile_mode"))
-    devices, nodes = int(t.devices), int(t.num_nodes)  # DDP over devices x nodes (gloo on CPU, NCCL on GPU)
-    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
-    seq_len = int(cfg.scale.context) - 1
     step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
-    forks = [b.fork_step for b in branch_plan(cfg, n_params) if b.end_step < int(t.steps)]
-    ckpt_steps = checkpoint_steps(cfg, n_params)
-    progress_bar = os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0"
-    recorder = RunRecorder(run_dir, ckpt_steps, step_tokens,
-                           3 * model.flops_per_sequence(seq_len) * int(t.batch_size), peak_flops(),
-                           int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks,
-                           progress=not progress_bar)
+    recorder = run_recorder(cfg, run_dir, model, n_params)
     lit = LitLM(model, cfg, step_model)
     lit.identity = recorder.identity = stamp(identity)
-    warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
     stopper = StopOnSignal(last, slurm_deadline(), ddp_every=int(t.log_every))
-    # Inside SLURM, Lightning's own auto-requeue (a mid-step save to hpc_ckpt_N.ckpt in the working directory,
-    # which a later fresh run there would resume from) is off: StopOnSignal saves last.ckpt and requeues.
-    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-    trainer = pl.Trainer(
-        max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
-        num_nodes=nodes,
-        precision=precision, gradient_clip_val=float(t.grad_clip) or None,
-        accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices * nodes),
-        logger=experiment_logger(cfg, run_dir), log_every_n_steps=int(t.log_every), enable_checkpointing=False,
-        callbacks=[recorder, stopper], use_distributed_sampler=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=progress_bar,
-        plugins=slurm, default_root_dir=run_dir,
-    )
+    trainer = lightning_trainer(cfg, run_dir, on_gpu, [recorder, stopper], experiment_logger(cfg, run_dir))
     if trainer.is_global_zero:
         write_json(run_dir / PROVENANCE, train_provenance(provenance(cfg), identity, branch, changes))
         log.info("%s: %s, %d steps of %d tokens", run_dir, f"resuming from {last}" if last.exists() else "starting",
                  int(t.steps), step_tokens)
     session_start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": resumed_step}
     started = time.perf_counter()
+    fit(trainer, lit, TrainData(tokens, cfg, int(cfg.seed)), last if last.exists() else None)
+    if trainer.is_global_zero:
+        record_session(run_dir, session_start, int(trainer.global_step), stop_reason(trainer, stopper, cfg),
+                       time.perf_counter() - started)
+    if stopper.signum is not None:
+        raise Stopped(stopper.signum, int(trainer.global_step))
+    return finish_run(cfg, run_dir, trainer, recorder, n_params, started)
+
+
+def run_recorder(cfg: DictConfig, run_dir: Path, model: HybridLM, n_params: int, save=None,
+                 progress: bool = True) -> RunRecorder:
+    """The run's RunRecorder: its trajectory steps, resume points, forks and FLOPs per step (one run's share)."""
+    t = cfg.train
+    step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
+    forks = [b.fork_step for b in branch_plan(cfg, n_params) if b.end_step < int(t.steps)]
+    return RunRecorder(run_dir, checkpoint_steps(cfg, n_params), step_tokens,
+                       3 * model.flops_per_sequence(int(cfg.scale.context) - 1) * int(t.batch_size), peak_flops(),
+                       int(t.log_every), int(t.last_every or max(1, int(t.steps) // 10)), fork_steps=forks,
+                       progress=progress and not progress_bar(), save=save)
+
+
+def progress_bar() -> bool:
+    """Lightning's progress bar (off inside Snakemake jobs, whose logs get one line per metrics row instead)."""
+    return os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0"
+
+
+def lightning_trainer(cfg: DictConfig, run_dir: Path, on_gpu: bool, callbacks: list, logger, devices: int | None = None,
+                      nodes: int | None = None) -> pl.Trainer:
+    """The Trainer of one training process: train.* settings, DDP over devices x nodes (gloo on CPU, NCCL on GPU),
+    no Lightning checkpointing (the callbacks write everything)."""
+    t = cfg.train
+    devices, nodes = int(t.devices if devices is None else devices), int(t.num_nodes if nodes is None else nodes)
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
+    # Inside SLURM, Lightning's own auto-requeue (a mid-step save to hpc_ckpt_N.ckpt in the working directory,
+    # which a later fresh run there would resume from) is off: StopOnSignal saves last.ckpt and requeues.
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    return pl.Trainer(
+        max_steps=int(t.stop_after or t.steps), max_epochs=-1, accelerator="gpu" if on_gpu else "cpu", devices=devices,
+        num_nodes=nodes,
+        precision=precision, gradient_clip_val=float(t.grad_clip) or None,
+        accumulate_grad_batches=int(t.batch_size) // (int(t.micro_batch_size) * devices * nodes),
+        logger=logger, log_every_n_steps=int(t.log_every), enable_checkpointing=False,
+        callbacks=callbacks, use_distributed_sampler=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=progress_bar(),
+        plugins=slurm, default_root_dir=run_dir,
+    )
+
+
+def fit(trainer: pl.Trainer, lit, data, ckpt: Path | None) -> None:
+    """trainer.fit from `ckpt` (a resume point) or from the start, without the warnings that do not apply."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch.*")
         warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")  # torch 2.13
-        trainer.fit(lit, datamodule=TrainData(tokens, cfg, int(cfg.seed)),
-                    ckpt_path=str(last) if last.exists() else None, weights_only=True)
-    if trainer.is_global_zero:
-        ended = stopper.reason or ("finished" if trainer.global_step >= int(t.steps) else "train.stop_after")
-        record_session(run_dir, session_start, int(trainer.global_step), ended, time.perf_counter() - started)
-    if stopper.signum is not None:
-        raise Stopped(stopper.signum, int(trainer.global_step))
+        trainer.fit(lit, datamodule=data, ckpt_path=None if ckpt is None else str(ckpt), weights_only=True)
+
+
+def stop_reason(trainer: pl.Trainer, stopper: StopOnSignal, cfg: DictConfig) -> str:
+    return stopper.reason or ("finished" if trainer.global_step >= int(cfg.train.steps) else "train.stop_after")
+
+
+def finish_run(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, recorder: RunRecorder, n_params: int,
+               started: float) -> dict:
+    """After fit: the run's summary; when it reached train.steps, its final metrics.csv and train_done.json."""
+    t = cfg.train
+    step_tokens = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
     metrics = recorder.metrics()
     if trainer.global_step < int(t.steps):
         log.info("%s: stopped at step %d of %d; re-run to resume", run_dir, trainer.global_step, int(t.steps))
@@ -338,8 +372,8 @@ def _train(cfg: DictConfig, data_dir: str | Path, run_dir: Path, shared: SharedM
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
                "wall_s_last_session": time.perf_counter() - started,
                "non_embedding_params": n_params,
-               "checkpoints": [ckpt_name(s * step_tokens) for s in sorted(ckpt_steps)]}  # what this run wrote
-    write_json(done, summary)
+               "checkpoints": [ckpt_name(s * step_tokens) for s in sorted(checkpoint_steps(cfg, n_params))]}
+    write_json(run_dir / "train_done.json", summary)
     return summary
 
 
@@ -355,9 +389,10 @@ def record_session(run_dir: Path, start: dict, to_step: int, ended: str, wall_s:
 
 
 def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path]) -> list[dict]:
-    """Several runs (the seeds of one variant) one after another in this process on one model object, compiled
-    once: the compile and the process start are paid once, and each run is still exactly its own (its seed's
-    initialisation and data order, its own folder, checkpoints and tables; tests/unit/test_train.py). With
+    """Several runs (the seeds of one variant) in this process on one model object, compiled once: the compile and
+    the process start are paid once, and each run is still exactly its own (its seed's initialisation and data
+    order, its own folder, checkpoints and tables; tests/unit/test_train.py). With train.stack_seeds the runs not
+    yet done train together in one stacked step where they can (train/stacked.py), else one after another. With
     $HYBRIDLAB_TRAIN_LOCK set, the runs train while holding that lock (SharedModel)."""
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"train_group: {len(cfgs)} configs for {len(run_dirs)} run folders")
@@ -366,16 +401,36 @@ def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str
         check_resume(run_dir, run_identity(cfg))
         check_memory(cfg, int(read_manifest(data_dir)["vocab_size"]))
     shared = SharedModel(os.environ.get("HYBRIDLAB_TRAIN_LOCK") or None)
-    summaries = []
+    summaries: dict[int, dict] = {}
     try:
+        pending = [i for i, d in enumerate(run_dirs) if not (Path(d) / "train_done.json").exists()]
+        if cfgs[0].train.get("stack_seeds") and len(pending) > 1:
+            from hybridlab.train.stacked import resume_steps, train_stacked, why_not_stacked
+
+            group = [cfgs[i] for i in pending]
+            reason = why_not_stacked(group)
+            if reason is None and len(set(resume_steps([Path(run_dirs[i]) for i in pending],
+                                                       [run_identity(c) for c in group]))) > 1:
+                reason = "the runs resume from different steps"
+            if reason is None:
+                started = time.perf_counter()
+                for i, s in zip(pending, train_stacked(group, data_dir, [run_dirs[i] for i in pending], shared),
+                                strict=True):
+                    summaries[i] = s
+                log.info("%d runs of %s stacked: done in %.0f s", len(pending), cfgs[0].variant.name,
+                         time.perf_counter() - started)
+            else:
+                log.info("train.stack_seeds: %s; the runs train one after another", reason)
         for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+            if i in summaries:
+                continue
             started = time.perf_counter()
-            summaries.append(train(cfg, data_dir, run_dir, shared))
+            summaries[i] = train(cfg, data_dir, run_dir, shared)
             log.info("run %d/%d (%s seed %d) done in %.0f s", i + 1, len(cfgs), cfg.variant.name, int(cfg.seed),
                      time.perf_counter() - started)
     finally:
         shared.release()
-    return summaries
+    return [summaries[i] for i in range(len(cfgs))]
 
 
 def train_branch(cfg: DictConfig, data_dir: str | Path, stable_dir: str | Path, budget_k: float,
