@@ -38,12 +38,31 @@ def rope_angles(pos: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
     return ang.cos(), ang.sin()
 
 
-def apply_rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of a [B, H, T, D] tensor by position-dependent angles."""
-    cos, sin = rope_angles(pos, x.shape[-1], theta)
+@torch.library.custom_op("hybridlab::rope_table", mutates_args=())
+def rope_table(offset: int, length: int, dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos and sin ([length, dim / 2], float32) of positions offset .. offset + length - 1: `rope_angles` behind an
+    opaque op, so that torch.compile computes the table once per layer instead of fusing the trigonometry into
+    every element of q and k (a mini step on the H200 spent 35% of its GPU time there; results/benchmarks/
+    2026-12-01_h200_mechanism)."""
+    return rope_angles(torch.arange(offset, offset + length, device=device), dim, theta)
+
+
+@rope_table.register_fake
+def _(offset: int, length: int, dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    return (torch.empty(length, dim // 2, device=device, dtype=torch.float32),
+            torch.empty(length, dim // 2, device=device, dtype=torch.float32))
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of a [B, H, T, D] tensor by the angles of a [T, D/2] table."""
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.to(x.dtype)
+
+
+def apply_rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of a [B, H, T, D] tensor by position-dependent angles."""
+    return rotate(x, *rope_angles(pos, x.shape[-1], theta))
 
 
 # Looked up once at import: an importlib call inside a compiled forward would break Dynamo's graph at every SWA
@@ -138,7 +157,9 @@ class Attention(nn.Module):
         windows = self.windows if windows is None else windows
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         pos = torch.arange(pos_offset, pos_offset + t, device=x.device)
-        q, k = self._rotate(q, pos), self._rotate(k, pos)
+        if self.rope:
+            table = rope_table(pos_offset, t, self.head_dim, float(self.rope_theta), x.device)
+            q, k = self._rotate(q, table), self._rotate(k, table)
         k_pos = pos
         if cache is not None:
             if "k" in cache:
@@ -155,11 +176,9 @@ class Attention(nn.Module):
         """Whether any head uses RoPE."""
         return any(self.rope_heads)
 
-    def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+    def _rotate(self, x: Tensor, table: tuple[Tensor, Tensor]) -> Tensor:
         """RoPE on the heads that use it ([B, H, T, D]); NoPE heads pass through unchanged."""
-        if not self.rope:
-            return x
-        rotated = apply_rope(x, pos, self.rope_theta)
+        rotated = rotate(x, *table)
         if all(self.rope_heads):
             return rotated
         use = torch.tensor(self.rope_heads, device=x.device)[None, :, None, None]
