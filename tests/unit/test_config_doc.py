@@ -85,7 +85,7 @@ def test_reference_page_shows_defaults_and_scale_overrides():
     rows = {r.key: r for _, section in config_doc.reference_rows() for r in section}
     assert set(rows) == set(settings.SETTINGS)
     steps = rows["train.steps"]
-    assert steps.default == "200" and "smoke: 120" in steps.set_by and "mini: 1000" in steps.set_by
+    assert steps.default == "200" and "smoke: 120" in steps.set_by and "mini: 1500" in steps.set_by
     assert rows["train.lr"].allowed == "a number > 0" and "learning rate" in rows["train.lr"].doc
     vocab = rows["data.tokenizer.vocab_size"]
     assert vocab.default == "8192" and "paper: 73448" in vocab.set_by

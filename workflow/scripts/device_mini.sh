@@ -7,6 +7,7 @@
 #   wait   waits again (call it right after `start` returns, while the machine is still warm).
 # Each returns before WAIT seconds (default 570); the one that sees the DAG end packs the tables, logs, the
 # per-run CSVs, the report and its figures into $OUT/mini.tgz and prints the wall time.
+# FINAL=1 (the last call the device time allows): at its deadline, pack what the running DAG has written so far.
 # SCALE=mini_grid (another one-GPU preset) runs that scale's DAG with the same GPU and training slots instead.
 # MPS=N starts the CUDA MPS daemon first and lets N trainings share the card at once (no training lock), to be
 # chosen only where device_bench.sh's MPS rows measured it faster than one training at a time.
@@ -47,13 +48,15 @@ start=$(cat "$W/t_start")
 if [ ! -f "$W/t_end" ]; then
   echo "DAG still running at t=$(( $(date +%s) - start ))s; $(grep -c 'Finished jobid' "$W/make.log") jobs done"
   tail -3 "$W/make.log"
-  exit 0
+  [ -n "${FINAL:-}" ] || exit 0
+  echo "FINAL: packing the partial results"
+else
+  echo "DAG exit $(cat "$W/exit_code") after $(( $(cat "$W/t_end") - start )) s ($RUN)"
 fi
-echo "DAG exit $(cat "$W/exit_code") after $(( $(cat "$W/t_end") - start )) s ($RUN)"
 pkill -f "nvidia-smi --query-gpu" 2>/dev/null
 cd "$R"
-tar czf "$OUT/$SCALE.tgz" -C /tmp mini_run -C "$R" "results/$SCALE/tables" "results/$SCALE/logs" \
-  "results/$SCALE/data/manifest.json" "paper/$SCALE" $(ls results/"$SCALE"/runs/*/*/*/*.csv \
+tar czf "$OUT/$SCALE.tgz" --ignore-failed-read -C /tmp mini_run -C "$R" $(ls -d "results/$SCALE/tables" \
+  "results/$SCALE/logs" "results/$SCALE/benchmarks" "results/$SCALE/data/manifest.json" "paper/$SCALE" 2>/dev/null) $(ls results/"$SCALE"/runs/*/*/*/*.csv \
   results/"$SCALE"/runs/*/*/*/*.json results/"$SCALE"/runs/*/*/*/budget*/*.csv 2>/dev/null)
 ls -la "$OUT"; tail -5 "$W/make.log"
 # Time left before BENCH_DEADLINE seconds after the DAG's start: the throughput rows of issue 15 that need a card
