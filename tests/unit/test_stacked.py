@@ -7,21 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from hybridlab.data.prepare import prepare
 from hybridlab.train.run import train, train_group
+from tests.unit.test_train import TINY, data_dir  # noqa: F401 (data_dir: a fixture)
 
-TINY = ["data.n_train_seqs=48", "data.n_val_seqs=8", "eval.niah_samples=4", "train.batch_size=4",
-        "train.micro_batch_size=2", "train.log_every=1", "train.n_checkpoints=3", "train.warmup_steps=2"]
 STACK = [*TINY, "train.stack_seeds=true"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from hybridlab.config import load_config
-
-    out = tmp_path_factory.mktemp("data")
-    prepare(load_config("smoke", "full", 0, TINY), out)
-    return out
 
 
 def weights(run_dir):
@@ -41,7 +30,7 @@ def assert_close_runs(a, b, atol=2e-5):
 
 
 @pytest.mark.parametrize("variant", ["full", "swa128_nope"])
-def test_stacked_seeds_equal_their_own_runs(tmp_path, data_dir, smoke_cfg, variant):
+def test_stacked_seeds_equal_their_own_runs(tmp_path, data_dir, smoke_cfg, variant):  # noqa: F811
     """Each run of the stack (its seed, data order, clipping, weight decay) ends where it ends alone."""
     cfgs = [smoke_cfg(variant, seed, *STACK, "train.steps=5") for seed in (0, 1, 2)]
     dirs = [tmp_path / f"stack{s}" for s in (0, 1, 2)]
@@ -60,7 +49,7 @@ def test_stacked_seeds_equal_their_own_runs(tmp_path, data_dir, smoke_cfg, varia
     assert not torch.allclose(w0[last]["embed.weight"], w1[last]["embed.weight"])
 
 
-def test_stacked_resume_points_are_each_runs_own(tmp_path, data_dir, smoke_cfg):
+def test_stacked_resume_points_are_each_runs_own(tmp_path, data_dir, smoke_cfg):  # noqa: F811
     """Stopped stacked runs resume stacked (bit-equal to uninterrupted), and one of them resumes alone."""
     full = [smoke_cfg("full", s, *STACK, "train.steps=8", "train.last_every=3") for s in (0, 1)]
     stop = [smoke_cfg("full", s, *STACK, "train.steps=8", "train.last_every=3", "train.stop_after=5")
@@ -87,7 +76,7 @@ def test_stacked_resume_points_are_each_runs_own(tmp_path, data_dir, smoke_cfg):
     assert_close_runs(solo, ref[1])
 
 
-def test_unstackable_groups_train_one_after_another(tmp_path, data_dir, smoke_cfg, caplog):
+def test_unstackable_groups_train_one_after_another(tmp_path, data_dir, smoke_cfg, caplog):  # noqa: F811
     """A recurrent variant cannot stack: the group says why and trains its runs as before."""
     from hybridlab.train.stacked import why_not_stacked
 
