@@ -680,8 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent", type=int, default=1,
                    help="N processes of each row at once on this device; tokens/s is their total")
     p.add_argument("--ensemble", type=int, default=1, metavar="G",
-                   help="G models (seeds 0..G-1) batched into one step, --batch sequences each (attention variants; "
-                        "tokens/s counts all G)")
+                   help="G models (seeds 0..G-1) batched into one step, --batch sequences each (tokens/s counts "
+                        "all G)")
     p.add_argument("--profile", action="store_true", help="also write a kernel-time table per row beside --out")
     p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-json", default=None, help=argparse.SUPPRESS)

@@ -330,8 +330,7 @@ SETTINGS: dict[str, Setting] = {
     "train.group_seeds": S("the workflow trains all seeds of a variant in one job (train-group: one process, one "
                            "compiled model)", optional(BOOL)),
     "train.stack_seeds": S("a train-group job trains its seeds in one stacked step (train/stacked.py: each run keeps "
-                           "its seed, data order and folder; attention variants on one device with AdamW, others "
-                           "one after another)", BOOL),
+                           "its seed, data order and folder; on one device with AdamW, else one after another)", BOOL),
     "train.n_checkpoints": S("log-spaced trajectory checkpoints (the last step is always one)", integer(1)),
     "train.ckpt_every": S("also a checkpoint every this many steps (even spacing for onset timing)",
                           optional(integer(1))),

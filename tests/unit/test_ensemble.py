@@ -27,9 +27,10 @@ def lm_loss(logits, y):
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
-@pytest.mark.parametrize("variant", ["full", "swa128", "swa128_nope", "swa128_headwise"])
+@pytest.mark.parametrize("variant", ["full", "swa128", "swa128_nope", "swa128_headwise", "gdn", "mamba2",
+                                     "lightning"])
 def test_stacked_forward_and_gradients_equal_the_separate_models(smoke_cfg, variant):
-    ms = models(smoke_cfg(variant, 0, "model.attn_backend=sdpa"))
+    ms = models(smoke_cfg(variant, 0, "model.attn_backend=sdpa", "model.mixer_backend=torch"))
     stacked = stack_models(ms)
     data = batches()
     x, y = data[..., :-1], data[..., 1:]
@@ -69,6 +70,25 @@ def test_adamw_on_the_stack_is_each_models_own_step(smoke_cfg):
     assert not torch.equal(unstack_state(stacked, 0)["embed.weight"], unstack_state(stacked, 1)["embed.weight"])
 
 
-def test_recurrent_models_are_refused_by_parameter_name(smoke_cfg):
-    with pytest.raises(ValueError, match=r"parameter 'blocks\.0\.mixer\.\w+"):
-        stack_models(models(smoke_cfg("gdn", 0), g=2))
+def test_a_parameter_outside_the_stackable_pieces_is_refused_by_name(smoke_cfg):
+    ms = models(smoke_cfg("gdn", 0), g=2)
+    for m in ms:
+        m.blocks[0].mixer.extra = torch.nn.Parameter(torch.zeros(3))  # read by no per_sample: cannot stack
+    with pytest.raises(ValueError, match=r"parameter 'blocks\.0\.mixer\.extra'"):
+        stack_models(ms)
+
+
+def test_stacked_short_conv_keeps_each_models_channels():
+    """The G models' depthwise convolutions side by side equal each model's own, with and without bias."""
+    from hybridlab.models.recurrent.layers import ShortConv
+    from hybridlab.train.ensemble import StackedShortConv
+
+    for bias in (False, True):
+        torch.manual_seed(0)
+        convs = [ShortConv(5, 4, bias=bias) for _ in range(G)]
+        x = torch.randn(G, B, 7, 5)
+        y, tail = StackedShortConv(convs)(x.reshape(G * B, 7, 5))
+        for g, c in enumerate(convs):
+            ref, ref_tail = c(x[g])
+            torch.testing.assert_close(y.view(G, B, 7, 5)[g], ref)
+            torch.testing.assert_close(tail.view(G, B, 3, 5)[g], ref_tail)

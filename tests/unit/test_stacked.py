@@ -17,19 +17,26 @@ def weights(run_dir):
     return {p.name: torch.load(p, weights_only=True)["model"] for p in sorted((run_dir / "ckpt").glob("tokens_*.pt"))}
 
 
-def assert_close_runs(a, b, atol=2e-5):
+def assert_close_runs(a, b):
+    """Two runs of one seed agree: the same checkpoints, losses within 1e-4, and weights equal to float32 rounding
+    amplified by AdamW. Adam divides by a gradient's running RMS, so an entry whose gradient is near zero turns a
+    rounding difference (the stacked matrix products sum in another order) into a visible one: at most one entry
+    in a thousand may differ beyond rtol 1e-4 / atol 2e-5, and none by more than 1e-3. A wrong data order, weight
+    decay, clipping or initialisation moves most entries."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()  # the same trajectory checkpoints
     for name in wa:
         assert wa[name].keys() == wb[name].keys()
         for k in wa[name]:
-            torch.testing.assert_close(wa[name][k], wb[name][k], rtol=1e-4, atol=atol, msg=f"{name} {k}")
+            x, y = wa[name][k], wb[name][k]
+            off = ((x - y).abs() > 2e-5 + 1e-4 * y.abs()).float().mean().item()
+            assert off <= 1e-3 and (x - y).abs().max() <= 1e-3, (name, k, off, (x - y).abs().max().item())
     ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
     assert list(ma["step"]) == list(mb["step"])
     assert (ma["loss"] - mb["loss"]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("variant", ["full", "swa128_nope"])
+@pytest.mark.parametrize("variant", ["full", "swa128_nope", "gdn", "mamba2"])
 def test_stacked_seeds_equal_their_own_runs(tmp_path, data_dir, smoke_cfg, variant):  # noqa: F811
     """Each run of the stack (its seed, data order, clipping, weight decay) ends where it ends alone."""
     cfgs = [smoke_cfg(variant, seed, *STACK, "train.steps=5") for seed in (0, 1, 2)]
@@ -77,12 +84,12 @@ def test_stacked_resume_points_are_each_runs_own(tmp_path, data_dir, smoke_cfg):
 
 
 def test_unstackable_groups_train_one_after_another(tmp_path, data_dir, smoke_cfg, caplog):  # noqa: F811
-    """A recurrent variant cannot stack: the group says why and trains its runs as before."""
+    """Runs that cannot stack (here: Muon) say why and train one after another, as before."""
     from hybridlab.train.stacked import why_not_stacked
 
-    cfgs = [smoke_cfg("gdn", s, *STACK, "train.steps=3") for s in (0, 1)]
-    assert "not in a Linear, Embedding or RMSNorm" in why_not_stacked(cfgs)
-    assert "optimizer" in why_not_stacked([smoke_cfg("full", s, *STACK, "train.optimizer=muon") for s in (0, 1)])
+    cfgs = [smoke_cfg("full", s, *STACK, "train.steps=3", "train.optimizer=muon") for s in (0, 1)]
+    assert "optimizer" in why_not_stacked(cfgs)
+    assert why_not_stacked([smoke_cfg("gdn", s, *STACK) for s in (0, 1)]) is None
     assert "differ in more than their seed" in why_not_stacked(
         [smoke_cfg("full", 0, *STACK), smoke_cfg("full", 1, *STACK, "train.lr=1e-3")])
     assert why_not_stacked([smoke_cfg("full", s, *STACK) for s in (0, 1)]) is None

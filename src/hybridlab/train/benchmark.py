@@ -10,7 +10,7 @@ Modes beside the plain one:
               each warms up, waits at a barrier, then times `steps` steps; the row's tokens/s is the total
               tokens over the span from the first start to the last end (`concurrent_run`).
   ensemble    G models of the row's variant (seeds 0..G-1) batched into one step (hybridlab.train.ensemble):
-              each model gets `batch` sequences; tokens/s counts all G models' tokens. Attention variants only.
+              each model gets `batch` sequences; tokens/s counts all G models' tokens.
   profile     a torch.profiler trace of a few steps after the timed ones: the device time per kernel, summed
               by name, written as a table beside the benchmark CSV (`profile_table`).
 Each row carries the date, the card and the software versions, so a table is a dated, pinned record.

@@ -9,9 +9,11 @@ the stacked module on the G batches concatenated equals the G models' forwards, 
 model's own gradient (the losses are summed), and any element-wise optimizer (AdamW) on the stacked parameters
 updates each model as it would alone.
 
-Only models whose parameters all sit in those three leaf kinds can be stacked (the attention variants); the
-recurrent mixers' own parameters (convolutions, decay and gate terms) are refused by name. Used by `hybridlab
-benchmark --ensemble G` to measure what batching runs buys before training is built on it.
+The recurrent mixers stack too: their short convolutions (ShortConv: the G models' channels side by side in one
+depthwise convolution) and gated norms (GatedRMSNorm) have stacked forms, and their per-head vectors (A_log,
+dt_bias, D), which the mixers read through `per_sample`, become [G, H] with one row per model. Any other parameter
+outside these leaves is refused by name. Used by `hybridlab benchmark --ensemble G` and by training
+(`train.stack_seeds`, hybridlab.train.stacked).
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import copy
 import torch
 from torch import Tensor, nn
 
-STACKABLE = (nn.Linear, nn.Embedding, nn.RMSNorm)
+from hybridlab.models.recurrent.layers import GatedRMSNorm, ShortConv
+
+STACKABLE = (nn.Linear, nn.Embedding, nn.RMSNorm, ShortConv, GatedRMSNorm)
+# 1-D per-head parameters the recurrent mixers read through layers.per_sample: stacked as [G, H].
+PER_SAMPLE_VECTORS = ("A_log", "dt_bias", "D")
 
 
 class StackedLinear(nn.Module):
@@ -64,13 +70,53 @@ class StackedRMSNorm(nn.Module):
         return (y * self.weight[:, None, :]).reshape(x.shape)
 
 
+class StackedShortConv(ShortConv):
+    """G causal depthwise convolutions as one with G x C channels: model g's channels convolve block g's inputs."""
+
+    def __init__(self, mods: list[ShortConv]):
+        nn.Module.__init__(self)
+        self.g, self.kernel_size = len(mods), mods[0].kernel_size
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in mods]))  # [G, C, 1, K]
+        self.bias = None if mods[0].bias is None else nn.Parameter(torch.stack([m.bias.detach() for m in mods]))
+
+    def convolve(self, xx: Tensor) -> Tensor:
+        gb, length, c = xx.shape
+        side = xx.view(self.g, gb // self.g, length, c).permute(1, 2, 0, 3).reshape(gb // self.g, length, -1)
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        y = nn.functional.conv1d(side.transpose(1, 2), self.weight.reshape(-1, 1, self.kernel_size), bias,
+                                 groups=self.g * c).transpose(1, 2)  # [B, T, G x C]
+        return y.reshape(gb // self.g, -1, self.g, c).permute(2, 0, 1, 3).reshape(gb, -1, c)
+
+
+class StackedGatedRMSNorm(GatedRMSNorm):
+    """G gated norms: the normalisation as it is, then model g's channel weights on block g."""
+
+    def __init__(self, mods: list[GatedRMSNorm]):
+        nn.Module.__init__(self)
+        m = mods[0]
+        self.g, self.head_dim, self.gate_first, self.eps, self.act = len(mods), m.head_dim, m.gate_first, m.eps, m.act
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in mods]))  # [G, dim]
+
+    def scale(self, h: Tensor) -> Tensor:
+        return (h.reshape(self.g, -1, h.shape[-1]) * self.weight[:, None, :]).reshape(h.shape)
+
+
 def _stacked(mods: list[nn.Module]) -> nn.Module:
     kind = type(mods[0])
     if kind is nn.Linear:
         return StackedLinear(mods)
     if kind is nn.Embedding:
         return StackedEmbedding(mods)
+    if kind is ShortConv:
+        return StackedShortConv(mods)
+    if kind is GatedRMSNorm:
+        return StackedGatedRMSNorm(mods)
     return StackedRMSNorm(mods)
+
+
+def _vectors(model: nn.Module) -> list[str]:
+    """Names of the per-head vectors (PER_SAMPLE_VECTORS, 1-D) that sit directly on a module."""
+    return [n for n, p in model.named_parameters() if n.rpartition(".")[2] in PER_SAMPLE_VECTORS and p.dim() == 1]
 
 
 def stack_refusal(model: nn.Module) -> str | None:
@@ -79,10 +125,11 @@ def stack_refusal(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if isinstance(m, STACKABLE):
             covered |= {f"{name}.{p}" if name else p for p, _ in m.named_parameters()}
+    covered |= set(_vectors(model))
     loose = [n for n, _ in model.named_parameters() if n not in covered]
     if loose:
-        return (f"parameter {loose[0]!r} is not in a Linear, Embedding or RMSNorm (only attention models stack; "
-                f"{len(loose)} such parameters)")
+        return (f"parameter {loose[0]!r} is not in a Linear, Embedding, RMSNorm, ShortConv or GatedRMSNorm, nor "
+                f"a per-head vector {PER_SAMPLE_VECTORS} ({len(loose)} such parameters)")
     return None
 
 
@@ -103,6 +150,10 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
         parent_name, _, leaf = name.rpartition(".")
         parent = stacked.get_submodule(parent_name) if parent_name else stacked
         setattr(parent, leaf, _stacked([m.get_submodule(name) for m in models]))
+    for name in _vectors(models[0]):
+        parent_name, _, leaf = name.rpartition(".")
+        parent = stacked.get_submodule(parent_name) if parent_name else stacked
+        setattr(parent, leaf, nn.Parameter(torch.stack([m.get_parameter(name).detach() for m in models])))
     return stacked
 
 

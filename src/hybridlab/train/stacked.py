@@ -12,8 +12,9 @@ optimizer step do the work of all G. Each run is still its own:
   - its own run folder, exactly as `train` writes it: provenance.json, trajectory checkpoints, metrics.csv
     (tokens/s and MFU are the run's share of the stacked step), sessions.jsonl, train_done.json and a `last.ckpt`
     that is that run's Lightning state, so either path (stacked or one run alone) resumes it.
-Checked equal to separate runs on the CPU (tests/unit/test_stacked.py). Only attention variants stack, on one
-device, with AdamW; anything else trains one run after another (`train_group`).
+Checked equal to separate runs on the CPU (tests/unit/test_stacked.py). Every variant stacks (the recurrent
+mixers' convolutions, gated norms and per-head vectors have stacked forms), on one device, with AdamW; anything
+else trains one run after another (`train_group`).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from hybridlab.models.recurrent.layers import (
     at_least_fp32,
     check_call,
     decay_parameters,
+    per_sample,
     resolve_inner_dim,
 )
 
@@ -72,7 +73,8 @@ class GatedDeltaNet(nn.Module):
         q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
         beta = self.b_proj(x).sigmoid().transpose(1, 2)
         a = at_least_fp32(self.a_proj(x))
-        g = (-at_least_fp32(self.A_log).exp() * F.softplus(a + self.dt_bias)).transpose(1, 2)
+        A_log, dt_bias = (per_sample(p, B)[:, None, :] for p in (self.A_log, self.dt_bias))  # [B or 1, 1, H]
+        g = (-at_least_fp32(A_log).exp() * F.softplus(a + dt_bias)).transpose(1, 2)
         o, ssm = fla_backend.gated_delta(
             q, k, v, g, beta, None if state is None else state["ssm"],
             scale=self.head_dim**-0.5, backend=self.backend, window=window, chunk=self.chunk,

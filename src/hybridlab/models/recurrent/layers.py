@@ -25,8 +25,11 @@ class ShortConv(nn.Module):
         if tail is None:
             tail = x.new_zeros(B, self.kernel_size - 1, C)
         xx = torch.cat([tail.to(x.dtype), x], dim=1)
-        y = F.conv1d(xx.transpose(1, 2), self.weight, self.bias, groups=C).transpose(1, 2)
-        return F.silu(y), xx[:, xx.shape[1] - (self.kernel_size - 1):]
+        return F.silu(self.convolve(xx)), xx[:, xx.shape[1] - (self.kernel_size - 1):]
+
+    def convolve(self, xx: Tensor) -> Tensor:
+        """The depthwise convolution of xx [B, K-1+T, C] (valid part: [B, T, C])."""
+        return F.conv1d(xx.transpose(1, 2), self.weight, self.bias, groups=xx.shape[-1]).transpose(1, 2)
 
 
 class GatedRMSNorm(nn.Module):
@@ -48,8 +51,21 @@ class GatedRMSNorm(nn.Module):
         gate = self.act(at_least_fp32(z))
         h = at_least_fp32(o) * gate if self.gate_first else at_least_fp32(o)
         h = h.unflatten(-1, (-1, self.head_dim))
-        h = (h * torch.rsqrt(h.square().mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight
+        h = self.scale((h * torch.rsqrt(h.square().mean(-1, keepdim=True) + self.eps)).flatten(-2))
         return (h if self.gate_first else h * gate).to(o.dtype)
+
+    def scale(self, h: Tensor) -> Tensor:
+        """The per-channel weight applied to the normalised h [..., dim]."""
+        return h * self.weight
+
+
+def per_sample(p: Tensor, batch: int) -> Tensor:
+    """A per-head parameter vector for a batch: p [H] -> [1, H] (broadcasts over the batch). Where several models'
+    vectors are stacked into one ([G, H], hybridlab.train.ensemble, the batch being the G models' blocks one after
+    another), each sample gets its own model's row: [batch, H]."""
+    if p.dim() == 1:
+        return p[None]
+    return p.repeat_interleave(batch // p.shape[0], dim=0)
 
 
 def at_least_fp32(x: Tensor) -> Tensor:

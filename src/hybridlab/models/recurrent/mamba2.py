@@ -19,6 +19,7 @@ from hybridlab.models.recurrent.layers import (
     at_least_fp32,
     check_call,
     decay_parameters,
+    per_sample,
     resolve_inner_dim,
 )
 
@@ -75,13 +76,13 @@ class Mamba2(nn.Module):
         xs, b, c = xbc.split([self.inner_dim, G * N, G * N], dim=-1)
         xs = xs.view(B, T, H, -1).transpose(1, 2)
         b, c = (t.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2) for t in (b, c))
-        dt = F.softplus(at_least_fp32(dt) + self.dt_bias).transpose(1, 2)  # [B, H, T]
-        g = -at_least_fp32(self.A_log).exp()[:, None] * dt
+        dt = F.softplus(at_least_fp32(dt) + per_sample(self.dt_bias, B)[:, None, :]).transpose(1, 2)  # [B, H, T]
+        g = -at_least_fp32(per_sample(self.A_log, B)).exp()[:, :, None] * dt
         o, ssm = fla_backend.simple_gla(
             c, b, (xs * dt[..., None]).to(xs.dtype), g, None if state is None else state["ssm"],
             backend=self.backend, window=window, chunk=self.chunk,
         )
-        y = o + self.D[:, None, None].to(o.dtype) * xs
+        y = o + per_sample(self.D, B)[:, :, None, None].to(o.dtype) * xs
         y = self.out_proj(self.norm(y.transpose(1, 2).reshape(B, T, self.inner_dim), z))
         return (y, {"ssm": ssm, "conv": conv_tail}) if return_state else y
 
