@@ -56,3 +56,34 @@ def test_make_report_html_rebuilds_the_figures_from_tables_alone(tmp_path):
     assert (paper / "smoke" / "figures" / "fig_emergence.png").stat().st_size > 5000
     assert "No data at this scale" in (paper / "smoke" / "captions" / "fig3_receptive.rst").read_text()
     assert sorted(p.name for p in (results / "smoke").iterdir()) == ["logs", "tables"]  # nothing upstream ran
+
+
+def test_replicate_mini_runs_under_mps_when_asked_and_takes_turns_without():
+    """MPS=1: Snakemake inside with_mps.sh, 4 trainings a card, no training lock; MPS=0: the lock, 2 a card."""
+    on = make("-n", "replicate-mini", "NGPU=1", "MPS=1", "NO_VENV=1").stdout
+    assert "workflow/scripts/with_mps.sh" in on and "train=$(( 1 * 4 ))" in on and "HYBRIDLAB_TRAIN_LOCK= " in on
+    off = make("-n", "replicate-mini", "NGPU=1", "MPS=0", "NO_VENV=1").stdout
+    assert "with_mps.sh" not in off and "train=$(( 1 * 2 ))" in off and "hybridlab-train-{gpu}.lock" in off
+
+
+def test_with_mps_starts_a_private_daemon_runs_the_command_and_stops_it(tmp_path):
+    """With a stand-in nvidia-cuda-mps-control on PATH (it logs how it is called): the daemon starts with its own
+    pipe folder, the command runs inside it with its exit code kept, and the daemon is told to quit after; without
+    the tool the script refuses, naming MPS=0."""
+    fake = tmp_path / "bin" / "nvidia-cuda-mps-control"
+    fake.parent.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat -)" >> {calls}\n')
+    fake.chmod(0o755)
+    script = REPO / "workflow" / "scripts" / "with_mps.sh"
+    env = {**ENV, "PATH": f"{fake.parent}{os.pathsep}{ENV['PATH']}", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(script), "bash", "-c", 'echo "inside $CUDA_MPS_PIPE_DIRECTORY"; exit 3'],
+                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith("-d pipe=" + str(tmp_path))  # the daemon, with a pipe folder of its own
+    assert lines[1].strip().startswith("pipe=") and "stdin=quit" in lines[1]  # told to quit at the end
+    assert proc.stdout.strip() == "inside " + lines[0].split("pipe=")[1].split()[0]
+    bare = {**ENV, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(["bash", str(script), "true"], capture_output=True, text=True, env=bare, timeout=60)
+    assert proc.returncode == 2 and "MPS=0" in proc.stderr

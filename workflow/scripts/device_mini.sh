@@ -9,8 +9,8 @@
 # per-run CSVs, the report and its figures into $OUT/mini.tgz and prints the wall time.
 # FINAL=1 (the last call the device time allows): at its deadline, pack what the running DAG has written so far.
 # SCALE=mini_grid (another one-GPU preset) runs that scale's DAG with the same GPU and training slots instead.
-# MPS=N starts the CUDA MPS daemon first and lets N trainings share the card at once (no training lock), to be
-# chosen only where device_bench.sh's MPS rows measured it faster than one training at a time.
+# MPS=N runs under a CUDA MPS daemon of the run's own (workflow/scripts/with_mps.sh, through `make replicate-mini
+# MPS=1`) with N trainings sharing the card at once (no training lock); without MPS, one training at a time.
 # Usage (repo root): [SCALE=S] bash workflow/scripts/device_mini.sh start   then   ... wait
 set -uo pipefail
 T0=$(date +%s)
@@ -18,18 +18,13 @@ export SCALE=${SCALE:-mini}
 source workflow/scripts/device_env.sh
 W=/tmp/mini_run; mkdir -p "$W"
 R=/tmp/hl
-if [ -n "${MPS:-}" ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  if [ "${1:-}" = start ]; then
-    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-    nvidia-cuda-mps-control -d || { echo "MPS daemon did not start"; exit 1; }
-  fi
-fi
 if [ "$SCALE" = mini ]; then
-  RUN="make replicate-mini NO_VENV=1${MPS:+ TRAIN_LOCK= TRAIN_PER_GPU=$MPS JOBS_PER_GPU=$(( MPS + 2 ))}"
+  RUN="make replicate-mini NO_VENV=1${MPS:+ MPS=1 TRAIN_PER_GPU=$MPS JOBS_PER_GPU=$(( MPS + 2 ))}"
+  [ -n "${MPS:-}" ] || RUN="$RUN MPS=0"
 else
   RUN="env HYBRIDLAB_JOBS_PER_GPU=4 HYBRIDLAB_TRAIN_LOCK=/tmp/hybridlab-train-{gpu}.lock snakemake --cores all \
     --resources gpu=4 train=2 --config scale=$SCALE"
+  [ -z "${MPS:-}" ] || RUN="workflow/scripts/with_mps.sh $RUN"
 fi
 if [ "${1:-}" = start ]; then
   rm -rf "$W"/* "$R"; mkdir -p "$R"
