@@ -142,3 +142,17 @@ def test_split_and_merge_are_inverse():
     parts[1]["global_step"] = 4
     with pytest.raises(ValueError, match="different steps"):
         merge_checkpoints(parts, {"model.w"})
+
+
+def test_a_stack_that_cannot_fit_is_refused_naming_the_key(tmp_path, data_dir, smoke_cfg, monkeypatch):  # noqa: F811
+    """Each run fits alone but three stacked do not: refused before anything is written, naming stack_seeds."""
+    import hybridlab.train.memory as memory
+    from hybridlab.config import ConfigError
+
+    cfgs = [smoke_cfg("full", s, *STACK, "train.steps=3") for s in (0, 1, 2)]
+    need = memory.training_bytes(cfgs[0], 501)
+    monkeypatch.setattr(memory, "device_bytes", lambda cfg: (2 * need, "a test device"))
+    dirs = [tmp_path / f"s{s}" for s in (0, 1, 2)]
+    with pytest.raises(ConfigError, match=r"train.stack_seeds.*3 stacked runs need at least.*a test device"):
+        train_group(cfgs, data_dir, dirs)
+    assert not any((d / "provenance.json").exists() for d in dirs)

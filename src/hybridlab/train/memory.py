@@ -39,12 +39,20 @@ def device_bytes(cfg: DictConfig) -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
 
 
-def check_memory(cfg: DictConfig, vocab_size: int) -> None:
-    """Refuse a run whose lower-bound memory exceeds its device's, naming both and what to change."""
-    need, (have, where) = training_bytes(cfg, vocab_size), device_bytes(cfg)
-    if need > have:
-        raise ConfigError("train.micro_batch_size", int(cfg.train.micro_batch_size),
-                          f"a size that fits: this run needs at least {need / 2**30:.1f} GiB (model "
-                          f"{cfg.model.name}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, context "
-                          f"{cfg.scale.context}), {where} has {have / 2**30:.1f} GiB; lower train.micro_batch_size "
-                          "(gradient accumulation keeps train.batch_size), scale.context or the model size")
+def check_memory(cfg: DictConfig, vocab_size: int, copies: int = 1) -> None:
+    """Refuse a run whose lower-bound memory exceeds its device's, naming both and what to change. `copies`: runs
+    trained in one stacked step (train.stack_seeds), each needing its own state and activations."""
+    need, (have, where) = copies * training_bytes(cfg, vocab_size), device_bytes(cfg)
+    if need <= have:
+        return
+    what = (f"model {cfg.model.name}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, context "
+            f"{cfg.scale.context}")
+    if copies > 1:
+        raise ConfigError("train.stack_seeds", True,
+                          f"false, or a size that fits: {copies} stacked runs need at least {need / 2**30:.1f} GiB "
+                          f"({what}), {where} has {have / 2**30:.1f} GiB; without stacking the runs train one after "
+                          "another")
+    raise ConfigError("train.micro_batch_size", int(cfg.train.micro_batch_size),
+                      f"a size that fits: this run needs at least {need / 2**30:.1f} GiB ({what}), {where} has "
+                      f"{have / 2**30:.1f} GiB; lower train.micro_batch_size (gradient accumulation keeps "
+                      "train.batch_size), scale.context or the model size")

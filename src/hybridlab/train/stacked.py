@@ -36,6 +36,7 @@ from hybridlab.io import atomic_path, write_json
 from hybridlab.models import build_model
 from hybridlab.train.ensemble import stack_models, stack_refusal, unstack_state
 from hybridlab.train.lit import RESUME_COVERED, LitLM, NonFiniteLossError, StepSampler, TokenDataset, pl
+from hybridlab.train.memory import check_memory
 from hybridlab.train.muon import split_params
 from hybridlab.train.preempt import StopOnSignal, Stopped, slurm_deadline
 
@@ -331,6 +332,7 @@ def train_stacked(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[s
     if len(set(steps)) != 1:
         raise ValueError(f"train_stacked: the runs resume from different steps {steps}")
     manifest = read_manifest(data_dir)
+    check_memory(cfgs[0], int(manifest["vocab_size"]), copies=len(cfgs))
     tokens, _ = load_split(data_dir, "train")
     members = []
     for cfg in cfgs:
