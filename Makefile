@@ -24,7 +24,8 @@ HYBRIDLAB ?= $(if $(NO_VENV),hybridlab,$(BIN)/hybridlab)
 NGPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || echo 0)
 # replicate-mini under CUDA MPS (workflow/scripts/with_mps.sh: a daemon of its own for the run): 4 trainings and
 # 6 GPU jobs a card side by side, no training lock (measured faster on an H200: results/mini/README.md).
-# MPS=auto: when nvidia-cuda-mps-control is on PATH; MPS=1: always (fails without it); MPS=0: never.
+# MPS=auto: when nvidia-cuda-mps-control is on PATH (without MPS if its daemon will not start); MPS=1: always
+# (fails without it); MPS=0: never.
 MPS ?= auto
 USE_MPS := $(if $(filter 0,$(MPS)),,$(if $(filter 1,$(MPS)),1,$(if $(shell command -v nvidia-cuda-mps-control 2>/dev/null),1,)))
 ifeq ($(USE_MPS),1)
@@ -32,7 +33,7 @@ JOBS_PER_GPU ?= 6
 TRAIN_PER_GPU ?= 4
 TRAIN_LOCK ?=
 endif
-MPS_WRAP := $(if $(USE_MPS),workflow/scripts/with_mps.sh,)
+MPS_WRAP := $(if $(USE_MPS),workflow/scripts/with_mps.sh $(if $(filter 1,$(MPS)),,--or-without),)
 JOBS_PER_GPU ?= 4
 TRAIN_PER_GPU ?= 2
 # One card's trainings take turns through this lock; TRAIN_LOCK= (empty) lets TRAIN_PER_GPU trainings share the

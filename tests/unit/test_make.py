@@ -58,10 +58,23 @@ def test_make_report_html_rebuilds_the_figures_from_tables_alone(tmp_path):
     assert sorted(p.name for p in (results / "smoke").iterdir()) == ["logs", "tables"]  # nothing upstream ran
 
 
-def test_replicate_mini_runs_under_mps_when_asked_and_takes_turns_without():
-    """MPS=1: Snakemake inside with_mps.sh, 4 trainings a card, no training lock; MPS=0: the lock, 2 a card."""
+def test_replicate_mini_runs_under_mps_when_asked_and_takes_turns_without(tmp_path):
+    """MPS=1: Snakemake inside with_mps.sh, 4 trainings a card, no training lock; MPS=0: the lock, 2 a card;
+    MPS=auto (the default): with_mps.sh --or-without where nvidia-cuda-mps-control is on PATH, else the lock."""
+    tool = tmp_path / "nvidia-cuda-mps-control"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    auto = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-n", "replicate-mini", "NGPU=1",
+                           "NO_VENV=1"], capture_output=True, text=True, timeout=60,
+                          env={**ENV, "PATH": f"{tmp_path}{os.pathsep}{ENV['PATH']}"}).stdout
+    assert "with_mps.sh --or-without" in auto and "train=$(( 1 * 4 ))" in auto
+    import shutil
+
+    if shutil.which("nvidia-cuda-mps-control") is None:  # a machine without the tool: the lock
+        assert "with_mps.sh" not in make("-n", "replicate-mini", "NGPU=1", "NO_VENV=1").stdout
     on = make("-n", "replicate-mini", "NGPU=1", "MPS=1", "NO_VENV=1").stdout
     assert "workflow/scripts/with_mps.sh" in on and "train=$(( 1 * 4 ))" in on and "HYBRIDLAB_TRAIN_LOCK= " in on
+    assert "--or-without" not in on  # MPS=1 insists; MPS=auto falls back when the daemon will not start
     off = make("-n", "replicate-mini", "NGPU=1", "MPS=0", "NO_VENV=1").stdout
     assert "with_mps.sh" not in off and "train=$(( 1 * 2 ))" in off and "hybridlab-train-{gpu}.lock" in off
 
@@ -87,3 +100,10 @@ def test_with_mps_starts_a_private_daemon_runs_the_command_and_stops_it(tmp_path
     bare = {**ENV, "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(["bash", str(script), "true"], capture_output=True, text=True, env=bare, timeout=60)
     assert proc.returncode == 2 and "MPS=0" in proc.stderr
+    fake.write_text("#!/usr/bin/env bash\nexit 1\n")  # a daemon that will not start
+    failing = ["bash", str(script), "bash", "-c", 'echo "pipe=${CUDA_MPS_PIPE_DIRECTORY:-none}"; exit 4']
+    proc = subprocess.run(failing, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "did not start" in proc.stderr and "pipe=" not in proc.stdout
+    proc = subprocess.run([failing[0], failing[1], "--or-without", *failing[2:]], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 4 and proc.stdout.strip() == "pipe=none" and "running without MPS" in proc.stderr
