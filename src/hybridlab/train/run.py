@@ -320,12 +320,11 @@ def progress_bar() -> bool:
     return os.environ.get("HYBRIDLAB_PROGRESS", "1") != "0"
 
 
-def lightning_trainer(cfg: DictConfig, run_dir: Path, on_gpu: bool, callbacks: list, logger, devices: int | None = None,
-                      nodes: int | None = None) -> pl.Trainer:
+def lightning_trainer(cfg: DictConfig, run_dir: Path, on_gpu: bool, callbacks: list, logger) -> pl.Trainer:
     """The Trainer of one training process: train.* settings, DDP over devices x nodes (gloo on CPU, NCCL on GPU),
     no Lightning checkpointing (the callbacks write everything)."""
     t = cfg.train
-    devices, nodes = int(t.devices if devices is None else devices), int(t.num_nodes if nodes is None else nodes)
+    devices, nodes = int(t.devices), int(t.num_nodes)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     warnings.filterwarnings("ignore", ".*The `srun` command is available.*")  # one-process jobs on SLURM hosts
     # Inside SLURM, Lightning's own auto-requeue (a mid-step save to hpc_ckpt_N.ckpt in the working directory,
@@ -372,7 +371,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, recorder: Ru
                "final_loss": float(metrics["loss"].iloc[-1]) if len(metrics) else float("nan"),
                "wall_s_last_session": time.perf_counter() - started,
                "non_embedding_params": n_params,
-               "checkpoints": [ckpt_name(s * step_tokens) for s in sorted(checkpoint_steps(cfg, n_params))]}
+               "checkpoints": [ckpt_name(s * step_tokens) for s in sorted(recorder.ckpt_steps)]}
     write_json(run_dir / "train_done.json", summary)
     return summary
 
@@ -409,13 +408,14 @@ def train_group(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str
 
             group = [cfgs[i] for i in pending]
             reason = why_not_stacked(group)
-            if reason is None and len(set(resume_steps([Path(run_dirs[i]) for i in pending],
-                                                       [run_identity(c) for c in group]))) > 1:
-                reason = "the runs resume from different steps"
+            steps = set() if reason else set(resume_steps([Path(run_dirs[i]) for i in pending],
+                                                          [run_identity(c) for c in group]))
+            if len(steps) > 1:
+                reason = f"the runs resume from different steps {sorted(steps)}"
             if reason is None:
                 started = time.perf_counter()
-                for i, s in zip(pending, train_stacked(group, data_dir, [run_dirs[i] for i in pending], shared),
-                                strict=True):
+                for i, s in zip(pending, train_stacked(group, data_dir, [run_dirs[i] for i in pending], shared,
+                                                       steps.pop()), strict=True):
                     summaries[i] = s
                 log.info("%d runs of %s stacked: done in %.0f s", len(pending), cfgs[0].variant.name,
                          time.perf_counter() - started)

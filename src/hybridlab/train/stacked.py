@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hybridlab.data.shards import load_split, read_manifest
 from hybridlab.digest import DIGEST_KEY, load_verified, tensor_digest
-from hybridlab.identity import IDENTITY_KEY, check_stamp, folder_lock, run_identity, stamp, train_provenance
+from hybridlab.identity import IDENTITY_KEY, PROVENANCE, check_stamp, folder_lock, run_identity, stamp, train_provenance
 from hybridlab.io import atomic_path, write_json
 from hybridlab.models import build_model
 from hybridlab.train.ensemble import stack_models, stack_refusal, unstack_state
@@ -311,10 +311,12 @@ def resume_steps(run_dirs: list[Path], identities: list[dict]) -> list[int]:
     return steps
 
 
-def train_stacked(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path], shared) -> list[dict]:
+def train_stacked(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[str | Path], shared,
+                  start_step: int) -> list[dict]:
     """Train the runs `cfgs` (one variant, seeds differing; `why_not_stacked` is None) in one stacked step, from
-    the step they all resume from. Each run's folder is written as `train` writes it (module docstring). `shared`:
-    the group's SharedModel (compile once, hold the GPU lock)."""
+    `start_step`, the step every one of them resumes from (`resume_steps`, checked by the caller). Each run's
+    folder is written as `train` writes it (module docstring). `shared`: the group's SharedModel (compile once,
+    hold the GPU lock)."""
     from hybridlab.train.run import (
         finish_run,
         fit,
@@ -328,9 +330,7 @@ def train_stacked(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[s
 
     run_dirs = [Path(r) for r in run_dirs]
     identities = [run_identity(cfg) for cfg in cfgs]
-    steps = resume_steps(run_dirs, identities)
-    if len(set(steps)) != 1:
-        raise ValueError(f"train_stacked: the runs resume from different steps {steps}")
+    stamps = [stamp(i) for i in identities]
     manifest = read_manifest(data_dir)
     check_memory(cfgs[0], int(manifest["vocab_size"]), copies=len(cfgs))
     tokens, _ = load_split(data_dir, "train")
@@ -348,31 +348,31 @@ def train_stacked(cfgs: list[DictConfig], data_dir: str | Path, run_dirs: list[s
     stacked_keys = {f"model.{k}" for k, _ in stacked.named_parameters()}
     warm = (torch.device("cuda"), n * int(t.micro_batch_size), int(cfg.scale.context) - 1) if on_gpu else None
     stacked, step_model = shared.take(stacked, bool(t.compile), warm, t.get("compile_mode"))
-    saver = StackSaver(run_dirs, stacked_keys, [stamp(i) for i in identities])
+    saver = StackSaver(run_dirs, stacked_keys, stamps)
     recorders = [run_recorder(c, d, members[0], n_params, save=lambda tr, path, g=g: saver.save(g, tr, path),
                               progress=g == 0) for g, (c, d) in enumerate(zip(cfgs, run_dirs, strict=True))]
-    for r, identity in zip(recorders, identities, strict=True):
-        r.identity = stamp(identity)
+    for r, s in zip(recorders, stamps, strict=True):
+        r.identity = s
     lit = StackedLM(stacked, members[0], cfg, step_model, n)
     stopper = StopOnSignal(run_dirs[0] / "last.ckpt", slurm_deadline(), ddp_every=int(t.log_every),
                            save=saver.save_all)
-    trainer = lightning_trainer(cfg, run_dirs[0], on_gpu, [StackedRecorder(recorders), stopper], False, 1, 1)
+    trainer = lightning_trainer(cfg, run_dirs[0], on_gpu, [StackedRecorder(recorders), stopper], False)
     with contextlib.ExitStack() as locks:
         for run_dir in run_dirs:
             locks.enter_context(folder_lock(run_dir))
         for c, d, identity in zip(cfgs, run_dirs, identities, strict=True):
-            write_json(d / "provenance.json", train_provenance(provenance(c), identity, None, []))
+            write_json(d / PROVENANCE, train_provenance(provenance(c), identity, None, []))
         log.info("%d runs of %s stacked into one step (seeds %s): %s, %d steps", n, cfg.variant.name,
-                 ", ".join(str(int(c.seed)) for c in cfgs), f"resuming from step {steps[0]}" if steps[0] else
+                 ", ".join(str(int(c.seed)) for c in cfgs), f"resuming from step {start_step}" if start_step else
                  "starting", int(t.steps))
         resume = None
-        if steps[0]:
+        if start_step:
             resume = run_dirs[0] / "stack_resume.ckpt"
             blobs = [torch.load(d / "last.ckpt", weights_only=True, map_location="cpu") for d in run_dirs]
             with atomic_path(resume) as tmp:
                 torch.save(merge_checkpoints(blobs, stacked_keys), tmp)
             del blobs
-        session_start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": steps[0]}
+        session_start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": start_step}
         started = time.perf_counter()
         try:
             fit(trainer, lit, StackedData(tokens, cfgs), resume)
