@@ -41,7 +41,7 @@ TRAIN_PER_GPU ?= 2
 TRAIN_LOCK ?= $${TMPDIR:-/tmp}/hybridlab-train-{gpu}.lock
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv replicate replicate-mini test lint docs figures report-html clean-smoke lock
+.PHONY: help venv replicate replicate-mini replicate-grid test lint docs figures report-html clean-smoke lock
 .DEFAULT_GOAL := help
 
 ## help: list the targets (variables: SCALE=smoke, RESULTS=results, PAPER=paper, CORES=all)
@@ -65,14 +65,23 @@ replicate: $(ENV_DEP)
 	$(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) --config scale=$(SCALE) results_dir=$(RESULTS) paper_dir=$(PAPER)
 	@echo "report: $(PAPER)/$(SCALE)/report.md"
 
-## replicate-mini: the mini scale on this machine's GPUs (888 s on one H200 under CUDA MPS; results/mini/README.md)
-replicate-mini: $(ENV_DEP)
-	@test "$(NGPU)" -gt 0 || { echo "replicate-mini needs a GPU (nvidia-smi lists none)"; exit 2; }
+# A one-GPU-machine scale's DAG on this machine's GPUs ($(1): the scale), with the slots and MPS set above.
+define GPU_DAG
+	@test "$(NGPU)" -gt 0 || { echo "$@ needs a GPU (nvidia-smi lists none)"; exit 2; }
 	HYBRIDLAB_JOBS_PER_GPU=$(JOBS_PER_GPU) HYBRIDLAB_TRAIN_LOCK=$(TRAIN_LOCK) \
 	  $(MPS_WRAP) $(SNAKEMAKE) --workflow-profile $(PROFILE) $(CORES_ARG) \
 	  --resources gpu=$$(( $(NGPU) * $(JOBS_PER_GPU) )) train=$$(( $(NGPU) * $(TRAIN_PER_GPU) )) \
-	  --config scale=mini results_dir=$(RESULTS) paper_dir=$(PAPER)
-	@echo "report: $(PAPER)/mini/report.md"
+	  --config scale=$(1) results_dir=$(RESULTS) paper_dir=$(PAPER)
+	@echo "report: $(PAPER)/$(1)/report.md"
+endef
+
+## replicate-mini: the mini scale on this machine's GPUs (888 s on one H200 under CUDA MPS; results/mini/README.md)
+replicate-mini: $(ENV_DEP)
+	$(call GPU_DAG,mini)
+
+## replicate-grid: the one-GPU scaling grid (scale mini_grid: Fig. 2 and C1 off the grid) on this machine's GPUs
+replicate-grid: $(ENV_DEP)
+	$(call GPU_DAG,mini_grid)
 
 ## test: the whole test suite (unit, integration smoke DAG, kernels under the Triton interpreter, reliability)
 test: venv

@@ -79,6 +79,16 @@ def test_replicate_mini_runs_under_mps_when_asked_and_takes_turns_without(tmp_pa
     assert "with_mps.sh" not in off and "train=$(( 1 * 2 ))" in off and "hybridlab-train-{gpu}.lock" in off
 
 
+def test_replicate_grid_runs_the_grid_scale_with_the_same_slots():
+    """replicate-grid is replicate-mini's recipe for scale mini_grid: same MPS wrapper and slots, its own scale and
+    report; without a GPU both refuse, naming the target."""
+    on = make("-n", "replicate-grid", "NGPU=1", "MPS=1", "NO_VENV=1").stdout
+    assert "scale=mini_grid " in on and "scale=mini " not in on
+    assert "workflow/scripts/with_mps.sh" in on and "train=$(( 1 * 4 ))" in on and "mini_grid/report.md" in on
+    refused = make("replicate-grid", "NGPU=0", "NO_VENV=1")
+    assert refused.returncode != 0 and "replicate-grid needs a GPU" in refused.stdout + refused.stderr
+
+
 def test_with_mps_starts_a_private_daemon_runs_the_command_and_stops_it(tmp_path):
     """With a stand-in nvidia-cuda-mps-control on PATH (it logs how it is called): the daemon starts with its own
     pipe folder, the command runs inside it with its exit code kept, and the daemon is told to quit after; without

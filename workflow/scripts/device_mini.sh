@@ -8,7 +8,8 @@
 # Each returns before WAIT seconds (default 570); the one that sees the DAG end packs the tables, logs, the
 # per-run CSVs, the report and its figures into $OUT/mini.tgz and prints the wall time.
 # FINAL=1 (the last call the device time allows): at its deadline, pack what the running DAG has written so far.
-# SCALE=mini_grid (another one-GPU preset) runs that scale's DAG with the same GPU and training slots instead.
+# SCALE=mini_grid runs `make replicate-grid` (the scaling grid) the same way; another SCALE runs that scale's DAG
+# with the same GPU and training slots.
 # MPS=N runs under a CUDA MPS daemon of the run's own (workflow/scripts/with_mps.sh, through `make replicate-mini
 # MPS=1`) with N trainings sharing the card at once (no training lock); without MPS, one training at a time.
 # Usage (repo root): [SCALE=S] bash workflow/scripts/device_mini.sh start   then   ... wait
@@ -18,8 +19,9 @@ export SCALE=${SCALE:-mini}
 source workflow/scripts/device_env.sh
 W=/tmp/mini_run; mkdir -p "$W"
 R=/tmp/hl
-if [ "$SCALE" = mini ]; then
-  RUN="make replicate-mini NO_VENV=1${MPS:+ MPS=1 TRAIN_PER_GPU=$MPS JOBS_PER_GPU=$(( MPS + 2 ))}"
+if [ "$SCALE" = mini ] || [ "$SCALE" = mini_grid ]; then
+  target=replicate-mini; [ "$SCALE" = mini ] || target=replicate-grid
+  RUN="make $target NO_VENV=1${MPS:+ MPS=1 TRAIN_PER_GPU=$MPS JOBS_PER_GPU=$(( MPS + 2 ))}"
   [ -n "${MPS:-}" ] || RUN="$RUN MPS=0"
 else
   RUN="env HYBRIDLAB_JOBS_PER_GPU=4 HYBRIDLAB_TRAIN_LOCK=/tmp/hybridlab-train-{gpu}.lock snakemake --cores all \
