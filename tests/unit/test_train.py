@@ -88,18 +88,22 @@ def test_nan_guard_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, data
 def test_wsd_branch_equals_an_independent_run_of_that_length(tmp_path, data_dir, smoke_cfg):
     """A decay branch forked from the stable run ends exactly on its budget and equals a WSD run trained to that
     budget from scratch (same data stream, same schedule): the branch saves the stable phase, not accuracy."""
-    from hybridlab.train.run import branch_plan, train_branch
+    from hybridlab.train.run import branch_plan, resolve_budget, train_branch
 
     wsd = [*TINY, "train.schedule=wsd", "train.decay_frac=0.5", "train.warmup_steps=2"]
-    grid = smoke_cfg("swa128", 0, *wsd, "train.budget_k=0.04", "train.budgets_k=[0.02,0.04]")
+    # train.steps below the budget's steps, as scale mini_grid inherits mini's: the budget sets the length
+    # (a fresh config for every call, as `hybridlab train-branch` loads one: train() resolves its own in place)
+    def grid():
+        return smoke_cfg("swa128", 0, *wsd, "train.steps=3", "train.budget_k=0.04", "train.budgets_k=[0.02,0.04]")
+
     stable = tmp_path / "stable"
-    summary = train(grid, data_dir, stable)
+    summary = train(grid(), data_dir, stable)
     n = summary["non_embedding_params"]
-    plan = branch_plan(grid, n)
+    plan = branch_plan(resolve_budget(grid(), n), n)
     assert [b.end_step for b in plan] == [5, 9] and [b.fork_step for b in plan] == [3, 5]
     assert summary["steps"] == 9 and (stable / "forks" / "step_00000003.ckpt").exists()
 
-    branch = train_branch(grid, data_dir, stable, 0.02, tmp_path / "budget0.02")
+    branch = train_branch(grid(), data_dir, stable, 0.02, tmp_path / "budget0.02")
     assert branch["steps"] == 5 and branch["tokens"] >= int(0.02 * n) > branch["tokens"] - 4 * 256
     alone = tmp_path / "alone"
     train(smoke_cfg("swa128", 0, *wsd, "train.steps=5"), data_dir, alone)
@@ -108,7 +112,7 @@ def test_wsd_branch_equals_an_independent_run_of_that_length(tmp_path, data_dir,
     lr = pd.read_csv(tmp_path / "budget0.02" / "metrics.csv")["lr"]
     assert lr.iloc[-1] == pytest.approx(0.1 * 3e-3)  # the decay reaches final_lr_ratio * lr exactly at the budget
 
-    top = train_branch(grid, data_dir, stable, 0.04, tmp_path / "budget0.04")  # the stable run's own end
+    top = train_branch(grid(), data_dir, stable, 0.04, tmp_path / "budget0.04")  # the stable run's own end
     assert top["steps"] == 9 and torch.equal(final_weights(stable)["embed.weight"],
                                              final_weights(tmp_path / "budget0.04")["embed.weight"])
 

@@ -20,28 +20,38 @@ bench() {  # bench OUTCSV ARGS...: one table, cut at the deadline
   echo "$out exit $? at t=$(( $(date +%s) - T0 ))s" | tee -a "$W/log.txt"
 }
 MINI32="--scale mini --sizes mini --context 1024 --batch 32 --steps 30 --compile"
-# the mechanism rows first (issue 15: choose by measurement), the 16K rows after them
-bench mini32_ensemble8.csv $MINI32 --variants full swa128 --ensemble 8
-bench mini32_x1.csv $MINI32 --variants full gdn
-if command -v nvidia-cuda-mps-control > /dev/null; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d; then
-    bench mini32_x4_mps.csv $MINI32 --variants full gdn --concurrent 4
-    echo quit | nvidia-cuda-mps-control
-    cp -r "$CUDA_MPS_LOG_DIRECTORY" "$W/mps-log" 2>/dev/null
-  else
-    echo "MPS daemon did not start" | tee -a "$W/log.txt"
-  fi
-  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-else
-  echo "no nvidia-cuda-mps-control in this image: no MPS rows" | tee -a "$W/log.txt"
-fi
-bench mini32_full_x4.csv $MINI32 --variants full --concurrent 4
-bench mini32_full_profile.csv $MINI32 --variants full --profile
-bench S1_16k.csv --variants full mamba2 gdn --sizes S1 --context 16384 --batch 4 --steps 5
-bench S5_16k_compiled.csv --variants full swa128 --sizes S5 --context 16384 --batch 1 --steps 5 --compile
-bench mini32_full_cudagraphs.csv $MINI32 --variants full --set train.compile_mode=reduce-overhead
+# ROWS picks the tables and their order (default: the mechanism rows first, then the 16K rows); ENSEMBLE8 and
+# ENSEMBLE4 name the variants stacked 8 and 4 to a step (the mini DAG stacks 8 seeds of the attention variants, 4
+# of the recurrent ones).
+row() {
+  case $1 in
+    ensemble8) bench mini32_ensemble8.csv $MINI32 --variants ${ENSEMBLE8:-full swa128} --ensemble 8 ;;
+    ensemble4) bench mini32_ensemble4.csv $MINI32 --variants ${ENSEMBLE4:-gdn mamba2 lightning} --ensemble 4 ;;
+    x1) bench mini32_x1.csv $MINI32 --variants full gdn ;;
+    mps)
+      if command -v nvidia-cuda-mps-control > /dev/null; then
+        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+        if nvidia-cuda-mps-control -d; then
+          bench mini32_x4_mps.csv $MINI32 --variants full gdn --concurrent 4
+          echo quit | nvidia-cuda-mps-control
+          cp -r "$CUDA_MPS_LOG_DIRECTORY" "$W/mps-log" 2>/dev/null
+        else
+          echo "MPS daemon did not start" | tee -a "$W/log.txt"
+        fi
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      else
+        echo "no nvidia-cuda-mps-control in this image: no MPS rows" | tee -a "$W/log.txt"
+      fi ;;
+    x4) bench mini32_full_x4.csv $MINI32 --variants full --concurrent 4 ;;
+    profile) bench mini32_full_profile.csv $MINI32 --variants full --profile ;;
+    S1) bench S1_16k.csv --variants full mamba2 gdn --sizes S1 --context 16384 --batch 4 --steps 5 ;;
+    S5) bench S5_16k_compiled.csv --variants full swa128 --sizes S5 --context 16384 --batch 1 --steps 5 --compile ;;
+    cudagraphs) bench mini32_full_cudagraphs.csv $MINI32 --variants full --set train.compile_mode=reduce-overhead ;;
+    *) echo "device_bench.sh: unknown row $1 (ensemble8 ensemble4 x1 mps x4 profile S1 S5 cudagraphs)"; exit 2 ;;
+  esac
+}
+for r in ${ROWS:-ensemble8 x1 mps x4 profile S1 S5 cudagraphs}; do row "$r"; done
 device_versions > "$W/versions.txt"
 (cd "$W" && tar czf "$OUT/bench.tgz" --exclude='*/barrier' .)
 for f in "$W"/*.csv; do echo "== $f"; python3 -c "

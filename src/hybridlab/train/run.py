@@ -447,6 +447,7 @@ def train_branch(cfg: DictConfig, data_dir: str | Path, stable_dir: str | Path, 
     check_run(stable_dir, cfg)
     with torch.device("meta"):
         n_params = build_model(cfg, read_manifest(data_dir)["vocab_size"]).non_embedding_params()
+    cfg = resolve_budget(cfg, n_params)  # the stable run's steps: a preset's train.steps is not its length
     plan = {b.budget_tokens: b for b in branch_plan(cfg, n_params)}
     branch = plan.get(int(budget_k * n_params))
     if branch is None:
