@@ -14,10 +14,14 @@ T0=$(date +%s)
 source workflow/scripts/device_env.sh
 W=/tmp/bench; mkdir -p "$W"
 until_end() { echo $(( ${BENCH_TIMEOUT:-560} - ($(date +%s) - T0) )); }
-bench() {  # bench OUTCSV ARGS...: one table, cut at the deadline
-  local out=$1; shift
-  timeout "$(until_end)" python3 -m hybridlab.cli benchmark --out "$W/$out" "$@" >> "$W/log.txt" 2>&1
+bench() {  # bench OUTCSV ARGS...: one table, cut at the deadline; skipped once it has passed (`timeout 0` would
+  # not limit it at all); every table so far copied to $OUT after each, so a call cut by its own limit keeps them
+  local out=$1 left; shift
+  left=$(until_end)
+  if [ "$left" -lt 15 ]; then echo "$out skipped: ${left}s left" | tee -a "$W/log.txt"; return; fi
+  timeout "$left" python3 -m hybridlab.cli benchmark --out "$W/$out" "$@" >> "$W/log.txt" 2>&1
   echo "$out exit $? at t=$(( $(date +%s) - T0 ))s" | tee -a "$W/log.txt"
+  cp "$W"/*.csv "$W/log.txt" "$OUT/" 2>/dev/null
 }
 MINI32="--scale mini --sizes mini --context 1024 --batch 32 --steps 30 --compile"
 # ROWS picks the tables and their order (default: the mechanism rows first, then the 16K rows); ENSEMBLE8 and
