@@ -5,7 +5,8 @@
     hybridlab prepare-data --scale S --out DATA_DIR [--workers N] [--tokenizer-only | --group CORPUS/G] [overrides...]
     hybridlab train        --scale S --variant V --seed N --data DATA_DIR --out RUN_DIR [overrides...]
     hybridlab train-group  --scale S --variant V --seeds N [N ...] --data DATA_DIR --outs DIR [DIR ...]
-    hybridlab train-branch --scale S --variant V --seed N --data DATA_DIR --stable RUN_DIR --budget K --out DIR
+    hybridlab train-branch --scale S --variant V --seed N --data DATA_DIR --stable RUN_DIR --budget K [K ...]
+                           --out DIR [DIR ...]
     hybridlab evaluate     --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out eval.csv
     hybridlab evaluate-group --scale S --variant V --seeds N [N ...] --data DATA_DIR --runs DIR [DIR ...]
     hybridlab receptive    --scale S --variant V --seed N --data DATA_DIR --run RUN_DIR --out receptive.csv
@@ -210,11 +211,17 @@ def cmd_evaluate_group(a) -> None:
 
 
 def cmd_train_branch(a) -> None:
+    """One or several decay branches of one stable run, one after another in this process (each branch a config
+    of its own, as its own job would load it; the compiled kernels of the first are reused by the others)."""
+    from hybridlab.config import ConfigError
     from hybridlab.train.run import train_branch
 
-    s = train_branch(_cfg(a), a.data, a.stable, a.budget, a.out)
-    if "tokens" in s:  # rank 0
-        print(f"branch k={a.budget} of {a.stable}: {s['steps']} steps, {s['tokens']} tokens")
+    if len(a.budget) != len(a.out):
+        raise ConfigError("--out", a.out, f"one branch folder per --budget ({len(a.budget)}: {a.budget})")
+    for k, out in zip(a.budget, a.out, strict=True):
+        s = train_branch(_cfg(a), a.data, a.stable, k, out)
+        if "tokens" in s:  # rank 0
+            print(f"branch k={k} of {a.stable}: {s['steps']} steps, {s['tokens']} tokens", flush=True)
 
 
 def _write(a, df, path: str | None = None) -> None:
@@ -598,9 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     _data_arg(p)
     p.add_argument("--stable", required=True, metavar="RUN_DIR", help="the stable run's folder")
-    p.add_argument("--budget", type=float, required=True, metavar="K",
-                   help="k of the budget D = k*N (one of train.budgets_k)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the branch folder to write")
+    p.add_argument("--budget", type=float, nargs="+", required=True, metavar="K",
+                   help="k of the budget D = k*N (each one of train.budgets_k); several: trained in turn")
+    p.add_argument("--out", nargs="+", required=True, metavar="DIR",
+                   help="the branch folder to write, one per --budget")
 
     for name, fn, help_ in RUN_STAGES[:1]:
         _add_run_stage(sub, name, fn, help_)
@@ -712,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _scale_from_override(args, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    if args.cmd in FOLDER_OUTPUTS and getattr(args, "out", None) == STDOUT:
+    out_arg = getattr(args, "out", None)
+    if args.cmd in FOLDER_OUTPUTS and (out_arg == STDOUT or (isinstance(out_arg, list) and STDOUT in out_arg)):
         print(f"hybridlab {args.cmd}: error: --out: got '-'; allowed: a folder path ({FOLDER_OUTPUTS[args.cmd]}; "
               "only tables and the plan can go to standard output)", file=sys.stderr)
         return 2

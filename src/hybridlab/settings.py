@@ -329,6 +329,8 @@ SETTINGS: dict[str, Setting] = {
                             "max-autotune-no-cudagraphs", optional(one_of(*COMPILE_MODES))),
     "train.group_seeds": S("the workflow trains all seeds of a variant in one job (train-group: one process, one "
                            "compiled model)", optional(BOOL)),
+    "train.group_branches": S("the workflow trains the WSD decay branches of one stable run in one job (train-branch "
+                              "with all its budgets: one process, one compile) instead of one job per budget", BOOL),
     "train.stack_seeds": S("a train-group job trains its seeds in one stacked step (train/stacked.py: each run keeps "
                            "its seed, data order and folder; on one device with AdamW, else one after another)", BOOL),
     "train.n_checkpoints": S("log-spaced trajectory checkpoints (the last step is always one)", integer(1)),

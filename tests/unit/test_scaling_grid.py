@@ -157,7 +157,7 @@ def test_warnings_reach_the_report_table(exact):
     assert table.display.set_index("variant").loc["full", "warnings"] == "none"
 
 
-def test_mini_grid_preset_plans_the_grid_and_takes_its_corpus_from_mini():
+def test_mini_grid_preset_plans_the_grid_and_takes_its_corpus_from_mini(tmp_path):
     import torch
 
     from hybridlab.config import load_config
@@ -178,11 +178,16 @@ def test_mini_grid_preset_plans_the_grid_and_takes_its_corpus_from_mini():
         assert len(plan) == len(grid.train.budgets_k)  # every budget point is a decay branch
     assert len(counts) >= 3 and max(counts) / min(counts) >= 4.0
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "scale=mini_grid"], cwd=root,
+    # empty results and paper folders: a checkout's own paper/report.md would leave nothing to plan
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "scale=mini_grid",
+                          f"results_dir={tmp_path / 'results'}", f"paper_dir={tmp_path / 'paper'}"], cwd=root,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     jobs = dict(line.split() for line in out.stdout.splitlines()
                 if len(line.split()) == 2 and line.split()[1].isdigit())
     n_runs = len(grid.scale.sizes) * len(grid.scale.variants)
-    assert int(jobs["train"]) == n_runs and int(jobs["train_branch"]) == n_runs * len(grid.train.budgets_k)
+    # the branches of each stable run in one job (train.group_branches), each budget still evaluated on its own
+    assert grid.train.group_branches and "train_branch" not in jobs
+    assert int(jobs["train"]) == n_runs and int(jobs["train_branches_0"]) == n_runs
+    assert int(jobs["evaluate_branch"]) == n_runs * len(grid.train.budgets_k)
     assert int(jobs["scaling_fit"]) == 1 and int(jobs["figures"]) == 1

@@ -68,6 +68,7 @@ TRAIN_WRAP = gpu_wrap(TRAIN_DEVICES)
 TRAIN_GPUS = (1 if TRAIN_DEVICES == 1 else TRAIN_DEVICES * int(os.environ.get("HYBRIDLAB_JOBS_PER_GPU", "1"))) if ON_GPU else 0
 BUDGETS = [str(k) for k in _CFG.train.budgets_k] if _CFG.train.schedule == "wsd" else []
 GROUP_SEEDS = bool(_CFG.train.get("group_seeds", False))
+GROUP_BRANCHES = bool(_CFG.train.get("group_branches", False))
 # eval.group_runs: one job per variant runs every per-run evaluation and analysis of its seeds (evaluate_group);
 # the per-run rules then match no variant.
 GROUP_EVAL = bool(_CFG.eval.get("group_runs", False))
@@ -114,6 +115,25 @@ def _job_size(kind, wildcards, n_runs=1):
 
 def job_threads(kind, n_runs=1):
     return lambda wildcards: _job_size(kind, wildcards, n_runs).threads
+
+
+def _branch_size(wildcards, k):
+    return _job_size("train_branch", {**dict(wildcards.items()), "k": k})
+
+
+def branches_threads(budgets):
+    return lambda wildcards: max(_branch_size(wildcards, k).threads for k in budgets)
+
+
+def branches_resources(budgets, **extra):
+    """A job training several decay branches in turn: one branch's memory, their run times added."""
+    size = _branch_size
+
+    return {
+        "mem_mb": lambda wildcards, attempt: max(size(wildcards, k).mem_mb for k in budgets) * attempt,
+        "runtime": lambda wildcards, attempt: min(MAX_RUNTIME, sum(size(wildcards, k).runtime for k in budgets) * attempt),
+        **extra,
+    }
 
 
 def job_resources(kind, n_runs=1, **extra):

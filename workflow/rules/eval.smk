@@ -53,7 +53,7 @@ use rule evaluate as receptive with:
 use rule evaluate as evaluate_branch with:
     input:
         manifest=rules.prepare_data.output.manifest,
-        done=rules.train_branch.output.done,
+        done=f"{RUN}/budget{{k}}/train_done.json",
     wildcard_constraints:
         variant="|".join(VARIANTS),
     output:
