@@ -31,6 +31,8 @@ CASES = [
     ("malformed ratio", [*TRAIN, "--variant", "swa128", "variant.ratio=1-1"], "variant.ratio", "1-1"),
     ("zero steps", [*DESCRIBE, "train.steps=0"], "train.steps", 0),
     ("zero token budget", [*DESCRIBE, "train.budget_k=0"], "train.budget_k", 0),
+    ("budget branch inside the warmup", [*DESCRIBE, "train.schedule=wsd", "train.budget_k=0.4",
+                                         "train.budgets_k=[0.2,0.4]"], "train.budgets_k", [0.2, 0.4]),
     ("unknown attention backend", [*DESCRIBE, "model.attn_backend=cudnn"], "model.attn_backend", "cudnn"),
     ("unknown mixer backend", [*DESCRIBE, "model.mixer_backend=triton"], "model.mixer_backend", "triton"),
     ("missing data files", [*DESCRIBE, "data=files", "data.corpora.main.files=[/nonexistent/*.jsonl]"],

@@ -156,7 +156,15 @@ def branch_plan(cfg: DictConfig, n_params: int) -> list[Branch]:
         return []
     per_step = tokens_per_step(int(t.batch_size), int(cfg.scale.context))
     reached = [int(k * n_params) for k in t.budgets_k if -(-int(k * n_params) // per_step) <= int(t.steps)]
-    return wsd_branch_plan(reached, per_step, float(t.decay_frac), int(t.warmup_steps)) if reached else []
+    if not reached:
+        return []
+    try:
+        return wsd_branch_plan(reached, per_step, float(t.decay_frac), int(t.warmup_steps))
+    except ValueError as e:  # a budget too small for the warmup, or two budgets on one step: the user's grid
+        from hybridlab.config import ConfigError
+
+        raise ConfigError("train.budgets_k", list(t.budgets_k), f"budgets whose decay branches fit the schedule "
+                          f"({e})") from None
 
 
 def warm_batch(vocab: int, batch: int, length: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
