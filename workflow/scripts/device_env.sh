@@ -3,6 +3,9 @@
 # when they are missing, puts src/ and kernels/ on the path, writes `hybridlab` and `snakemake` wrappers, and
 # sets what every run there wants (unbuffered output, no progress bars, a kept Triton cache, NVLink multicast
 # off for NCCL). Defines `device_versions`, one line naming the software and the card.
+# Leave pulp's wheel (16 MB) out of .whl/: the checkout plus wheels must stay under the device's 64 MiB, and
+# without pulp Snakemake says "Falling back to greedy scheduler because no ILP solver is found" and runs on
+# (checked on the CPU with pulp made unimportable).
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HYBRIDLAB_PROGRESS=0 TRITON_CACHE_DIR=/tmp/triton-cache
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
