@@ -720,8 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _scale_from_override(args, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    out_arg = getattr(args, "out", None)
-    if args.cmd in FOLDER_OUTPUTS and (out_arg == STDOUT or (isinstance(out_arg, list) and STDOUT in out_arg)):
+    outs = getattr(args, "out", None)
+    if args.cmd in FOLDER_OUTPUTS and STDOUT in (outs if isinstance(outs, list) else [outs]):
         print(f"hybridlab {args.cmd}: error: --out: got '-'; allowed: a folder path ({FOLDER_OUTPUTS[args.cmd]}; "
               "only tables and the plan can go to standard output)", file=sys.stderr)
         return 2

@@ -45,7 +45,8 @@ IDENTITY_SCALE_KEYS = ("context", "ref_context", "min_window", "budget_k_by_size
 # function), data-loader workers, logging, checkpoint cadence for resume, time slicing, the label of plots.
 FREE_KEYS = frozenset({
     "train.stop_after", "train.num_workers", "train.log_every", "train.last_every", "train.compile",
-    "train.group_seeds", "train.stack_seeds", "train.group_branches", "train.devices", "train.num_nodes", "train.micro_batch_size",
+    "train.group_seeds", "train.stack_seeds", "train.group_branches", "train.devices", "train.num_nodes",
+    "train.micro_batch_size",
     "model.attn_backend", "model.mixer_backend", "variant.label",
 })
 # Differences named first, with the flag that sets them: the usual mistake is a wrong --variant, --seed or size.

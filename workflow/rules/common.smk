@@ -127,11 +127,10 @@ def branches_threads(budgets):
 
 def branches_resources(budgets, **extra):
     """A job training several decay branches in turn: one branch's memory, their run times added."""
-    size = _branch_size
-
     return {
-        "mem_mb": lambda wildcards, attempt: max(size(wildcards, k).mem_mb for k in budgets) * attempt,
-        "runtime": lambda wildcards, attempt: min(MAX_RUNTIME, sum(size(wildcards, k).runtime for k in budgets) * attempt),
+        "mem_mb": lambda wildcards, attempt: max(_branch_size(wildcards, k).mem_mb for k in budgets) * attempt,
+        "runtime": lambda wildcards, attempt: min(
+            MAX_RUNTIME, sum(_branch_size(wildcards, k).runtime for k in budgets) * attempt),
         **extra,
     }
 
